@@ -1,0 +1,28 @@
+# Two commands for a newcomer: `make demo` and `make test`. Both create .venv when missing.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+export PATH := $(abspath $(BIN)):$(PATH)
+
+.PHONY: install demo test lint mlflow-ui
+
+$(INSTALLED): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+install: $(INSTALLED)
+
+demo: $(INSTALLED)
+	dvc repro
+
+test: $(INSTALLED) lint
+	pytest
+
+lint: $(INSTALLED)
+	ruff check .
+	ruff format --check .
+
+mlflow-ui: $(INSTALLED)
+	mlflow ui --backend-store-uri sqlite:///mlflow.db

@@ -1,0 +1,1 @@
+"""emogan: photos of people -> emotion dataset -> StarGAN."""

@@ -1,0 +1,3 @@
+from emogan.cli import main
+
+main()

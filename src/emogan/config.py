@@ -1,0 +1,123 @@
+"""params.yaml -> typed, validated config. The only module that reads params.yaml.
+
+Every section is a frozen pydantic model that forbids unknown keys, and numbers and flags are
+strict (YAML `yes` or `"5"` is not an int), so a typo or a bad value fails before any work
+starts, with one line naming the key.
+"""
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from emogan.emotions import EMOTIONS
+from emogan.errors import EmoganError
+
+DEFAULT_PARAMS = Path("params.yaml")
+
+Int = Annotated[int, Field(strict=True)]
+Float = Annotated[float, Field(strict=True)]  # an int is accepted and widened
+Bool = Annotated[bool, Field(strict=True)]
+Str = Annotated[str, Field(strict=True, min_length=1)]
+
+
+class ConfigError(EmoganError):
+    """A params.yaml problem; the message is one line that names the file and the key."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DemoConfig(Section):
+    seed: Int = Field(0, ge=0)
+    photos_per_emotion: Int = Field(24, gt=0)
+    faceless_photos: Int = Field(12, ge=0)
+    max_faces_per_photo: Int = Field(4, ge=1, le=8)
+    background_face_prob: Float = Field(0.35, ge=0.0, le=1.0)
+    occlusion_prob: Float = Field(0.1, ge=0.0, le=1.0)
+    photo_width: Int = Field(640, ge=160, le=4096)
+    photo_height: Int = Field(480, ge=160, le=4096)
+    fer_train_per_emotion: Int = Field(400, gt=0)
+    fer_test_per_emotion: Int = Field(80, gt=0)
+
+
+class SearchConfig(Section):
+    api_url: Str = "https://api.openverse.org/v1"
+    subjects: tuple[Str, ...] = ("man", "boy", "woman", "girl", "family")
+    license_type: tuple[Literal["all", "commercial", "modification"], ...] = ("all",)
+    page_size: Int = Field(50, ge=1, le=500)
+    pages: Int = Field(1, gt=0)
+    min_interval_s: Float = Field(1.0, ge=0.0)
+    out: Path = Path("data/sources/openverse_manifest.csv")
+
+
+class CollectConfig(Section):
+    manifest: Path | None = Path("data/demo/manifest.csv")
+    from_dir: Path | None = None  # when set, one folder per emotion; used instead of manifest
+    timeout_s: Float = Field(20.0, gt=0.0)
+    max_bytes: Int = Field(25_000_000, gt=0)
+    max_pixels: Int = Field(64_000_000, gt=0)
+    retries: Int = Field(3, ge=0, le=10)
+    workers: Int = Field(8, ge=1, le=64)
+    fail_on_error: Bool = False
+    keywords: dict[str, tuple[Str, ...]] = Field(default_factory=dict)
+    search: SearchConfig = SearchConfig()
+
+    @field_validator("keywords")
+    @classmethod
+    def _known_emotions(cls, keywords: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
+        unknown = sorted(set(keywords) - set(EMOTIONS))
+        if unknown:
+            raise ValueError(f"unknown emotion {unknown[0]!r}; use {', '.join(EMOTIONS)}")
+        return keywords
+
+    @model_validator(mode="after")
+    def _has_source(self) -> "CollectConfig":
+        if self.manifest is None and self.from_dir is None:
+            raise ValueError("manifest and from_dir are both null; set one")
+        return self
+
+
+class Params(Section):
+    layers: Int = Field(5, ge=1, le=8)
+    image_size: Int = Field(48, ge=16, le=512)
+    demo: DemoConfig = DemoConfig()
+    collect: CollectConfig = CollectConfig()
+
+
+def _one_line(error: ValidationError, source: Path) -> str:
+    first = error.errors(include_url=False)[0]
+    key = ".".join(str(part) for part in first["loc"]) or "<top level>"
+    if first["type"] == "extra_forbidden":
+        return f"{source}: {key}: unknown key"
+    message = first["msg"].removeprefix("Value error, ")
+    got = "" if isinstance(first["input"], dict) else f" (got {first['input']!r})"
+    return f"{source}: {key}: {message}{got}"
+
+
+def parse_params(raw: object, source: Path = DEFAULT_PARAMS) -> Params:
+    """Validate an already-loaded params mapping; raise ConfigError with one line."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections at the top level")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(_one_line(error, source)) from None
+
+
+def load_params(path: Path = DEFAULT_PARAMS) -> Params:
+    """Read and validate params.yaml; raise ConfigError with one line on any problem."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{path}: not found (run from the project root or pass --params)"
+        ) from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" line {mark.line + 1}:" if mark else ""
+        raise ConfigError(f"{path}:{where} not valid YAML") from None
+    return parse_params(raw or {}, path)
