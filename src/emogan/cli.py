@@ -1,5 +1,6 @@
 """`emogan <stage>`: one sub-command per pipeline stage. Parses options and calls the stage."""
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -18,6 +19,8 @@ def _params(ctx: click.Context) -> Params:
 
 
 def _report(summary: object) -> None:
+    if dataclasses.is_dataclass(summary) and not isinstance(summary, type):
+        summary = dataclasses.asdict(summary)
     click.echo(json.dumps(summary, indent=2, sort_keys=True, default=str))
 
 
@@ -95,6 +98,157 @@ def search(ctx: click.Context) -> None:
     from emogan.data.openverse import search_openverse
 
     _report(search_openverse(cfg))
+
+
+@cli.command()
+@click.option(
+    "--raw",
+    type=OutPath,
+    default=Path("data/raw"),
+    show_default=True,
+    help="The collect stage's output folder.",
+)
+@click.option(
+    "--out",
+    type=OutPath,
+    default=Path("data/interim/crops"),
+    show_default=True,
+    help="Folder for images/<crop_id>.png and crops.csv.",
+)
+@click.option(
+    "--metrics",
+    type=OutPath,
+    default=Path("metrics/crop.json"),
+    show_default=True,
+    help="Images, faces, faces per image, rejections by reason.",
+)
+@click.pass_context
+def crop(ctx: click.Context, raw: Path, out: Path, metrics: Path) -> None:
+    """Crop every face MTCNN finds (crop.min_prob, crop.min_size) as a square with crop.margin."""
+    cfg = _params(ctx).crop
+    from emogan.data.crop import crop_faces
+
+    _report(crop_faces(cfg, raw, out, metrics))
+
+
+@cli.command("simulate-review")
+@click.option(
+    "--demo",
+    type=OutPath,
+    default=Path("data/demo"),
+    show_default=True,
+    help="The demo world, whose ground_truth.csv decides.",
+)
+@click.option(
+    "--raw",
+    type=OutPath,
+    default=Path("data/raw"),
+    show_default=True,
+    help="The collect stage's output folder.",
+)
+@click.option(
+    "--crops",
+    type=OutPath,
+    default=Path("data/interim/crops"),
+    show_default=True,
+    help="The crop stage's output folder.",
+)
+@click.option(
+    "--metrics",
+    type=OutPath,
+    default=Path("metrics/simulated_review.json"),
+    show_default=True,
+    help="Decisions per action and the crop stage's face recall.",
+)
+@click.pass_context
+def simulate_review(ctx: click.Context, demo: Path, raw: Path, crops: Path, metrics: Path) -> None:
+    """Decide every crop of a demo photo as a careful human would, from the demo's ground truth.
+
+    Writes review.decisions: drops crops without a drawn face, relabels background faces.
+    """
+    cfg = _params(ctx).review
+    from emogan.data.simulated_review import simulate_review as simulate
+
+    _report(simulate(demo, raw, crops, cfg.decisions, metrics))
+
+
+@cli.group(invoke_without_command=True)
+@click.option(
+    "--crops",
+    type=OutPath,
+    default=Path("data/interim/crops"),
+    show_default=True,
+    help="The crop stage's output folder.",
+)
+@click.option(
+    "--out",
+    type=OutPath,
+    default=Path("data/interim/reviewed"),
+    show_default=True,
+    help="Folder for <emotion>/<crop_id>.png and reviewed.csv.",
+)
+@click.option(
+    "--metrics",
+    type=OutPath,
+    default=Path("metrics/review.json"),
+    show_default=True,
+    help="Kept, dropped, relabelled, unreviewed and stale counts.",
+)
+@click.pass_context
+def review(ctx: click.Context, crops: Path, out: Path, metrics: Path) -> None:
+    """Apply review.decisions to the crops: drop, relabel, keep; review.unreviewed for the rest.
+
+    `emogan review serve` opens the web tool that writes the decisions.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    cfg = _params(ctx).review
+    from emogan.data.review import apply_review
+
+    _report(apply_review(cfg, crops, out, metrics))
+
+
+@review.command()
+@click.option(
+    "--crops",
+    type=OutPath,
+    default=Path("data/interim/crops"),
+    show_default=True,
+    help="The crop stage's output folder.",
+)
+@click.option(
+    "--raw",
+    type=OutPath,
+    default=Path("data/raw"),
+    show_default=True,
+    help="The collect stage's output folder (source photos shown for context).",
+)
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to bind; the default keeps the tool on this machine.",
+)
+@click.option("--port", type=int, default=8765, show_default=True, help="0 picks a free port.")
+@click.option("--no-browser", is_flag=True, help="Do not open a browser tab.")
+@click.option("--reviewer", default=None, help="Name recorded with each decision [default: $USER].")
+@click.pass_context
+def serve(
+    ctx: click.Context,
+    crops: Path,
+    raw: Path,
+    host: str,
+    port: int,
+    no_browser: bool,
+    reviewer: str | None,
+) -> None:
+    """Review crops in the browser; every key press is saved to review.decisions at once."""
+    cfg = _params(ctx).review
+    from emogan.review_app.server import serve_review
+
+    serve_review(
+        cfg, crops, raw, host=host, port=port, open_browser=not no_browser, reviewer=reviewer
+    )
 
 
 @cli.group()

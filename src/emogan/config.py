@@ -47,9 +47,9 @@ class SearchConfig(Section):
     api_url: Str = "https://api.openverse.org/v1"
     subjects: tuple[Str, ...] = ("man", "boy", "woman", "girl", "family")
     license_type: tuple[Literal["all", "commercial", "modification"], ...] = ("all",)
-    page_size: Int = Field(50, ge=1, le=500)
+    page_size: Int = Field(20, ge=1, le=20)  # Openverse refuses more without an API token
     pages: Int = Field(1, gt=0)
-    min_interval_s: Float = Field(1.0, ge=0.0)
+    min_interval_s: Float = Field(3.0, ge=0.0)
     out: Path = Path("data/sources/openverse_manifest.csv")
 
 
@@ -80,11 +80,50 @@ class CollectConfig(Section):
         return self
 
 
+class CropConfig(Section):
+    min_prob: Float = Field(0.9, ge=0.0, le=1.0)
+    min_size: Int = Field(20, ge=12)  # shortest side of a kept face box, in pixels
+    margin: Float = Field(0.2, ge=0.0, le=2.0)  # context added on each side, as a share of the box
+    device: Str = "auto"
+    batch_size: Int = Field(16, ge=1, le=1024)
+
+
+class ReviewConfig(Section):
+    decisions: Path = Path("data/interim/simulated_decisions.csv")
+    unreviewed: Literal["keep", "drop"] = "keep"
+
+
+Usage = Literal["Training", "PublicTest", "PrivateTest"]
+
+
+class Fer2013Config(Section):
+    path: Path = Path("data/demo/fer2013.csv")  # Kaggle CSV, or a folder of train|test/<emotion>/
+    train_usage: tuple[Usage, ...] = ("Training",)
+    test_usage: tuple[Usage, ...] = ("PublicTest", "PrivateTest")
+
+    @model_validator(mode="after")
+    def _disjoint_usages(self) -> "Fer2013Config":
+        shared = sorted(set(self.train_usage) & set(self.test_usage))
+        if shared:
+            raise ValueError(f"{shared[0]} is in both train_usage and test_usage")
+        return self
+
+
+class MergeConfig(Section):
+    include_custom: Bool = True
+    custom_test_fraction: Float = Field(0.15, ge=0.0, lt=1.0)  # reviewed crops held out for test
+    channels: Literal[1, 3] = 1
+
+
 class Params(Section):
     layers: Int = Field(5, ge=1, le=8)
     image_size: Int = Field(48, ge=16, le=512)
     demo: DemoConfig = DemoConfig()
     collect: CollectConfig = CollectConfig()
+    crop: CropConfig = CropConfig()
+    review: ReviewConfig = ReviewConfig()
+    fer2013: Fer2013Config = Fer2013Config()
+    merge: MergeConfig = MergeConfig()
 
 
 def _one_line(error: ValidationError, source: Path) -> str:

@@ -1,0 +1,1 @@
+"""Data stages: the demo world, collection, cropping, review and merging."""
