@@ -1,0 +1,199 @@
+"""The crop stage: every face MTCNN finds in every collected photo, as a square crop."""
+
+import csv
+import io
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from emogan import atomic
+from emogan.config import CropConfig
+from emogan.data.detect import DetectedFace, detect_faces, load_detector
+from emogan.data.images import read_rgb
+from emogan.device import resolve_device
+from emogan.errors import EmoganError
+
+DEFAULT_RAW_DIR = Path("data/raw")
+DEFAULT_OUT_DIR = Path("data/interim/crops")
+DEFAULT_METRICS_PATH = Path("metrics/crop.json")
+LANDMARKS = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
+COLUMNS = (
+    "crop_id", "path", "source_sha256", "source_path", "emotion", "prob",
+    "x1", "y1", "x2", "y2", "crop_x", "crop_y", "crop_size",
+    *(f"{name}_{axis}" for name in LANDMARKS for axis in "xy"),
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Photo:
+    sha256: str
+    path: Path  # relative to the raw folder
+    emotion: str
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class Crop:
+    crop_id: str
+    photo: Photo
+    face: DetectedFace
+    x: int
+    y: int
+    size: int
+
+
+def crop_id(sha256: str, rank: int) -> str:
+    """Stable across re-runs and threshold changes: rank counts every detection, left to right."""
+    return f"{sha256[:16]}-{rank:02d}"
+
+
+def square_around(face: DetectedFace, margin: float, width: int, height: int) -> tuple[int, ...]:
+    """(x, y, side) of a square centred on the face, grown by `margin` on each side, then
+    shrunk and shifted as little as needed to lie inside the photo."""
+    side = max(face.x2 - face.x1, face.y2 - face.y1) * (1 + 2 * margin)
+    side = int(round(min(side, width, height)))
+    cx, cy = (face.x1 + face.x2) / 2, (face.y1 + face.y2) / 2
+    x = int(round(min(max(cx - side / 2, 0), width - side)))
+    y = int(round(min(max(cy - side / 2, 0), height - side)))
+    return x, y, side
+
+
+def crop_faces(
+    cfg: CropConfig,
+    raw_dir: Path = DEFAULT_RAW_DIR,
+    out_dir: Path = DEFAULT_OUT_DIR,
+    metrics_path: Path = DEFAULT_METRICS_PATH,
+) -> dict:
+    """Detect, filter and crop every face of data/raw; write crops + crops.csv + metrics."""
+    photos = _read_raw_manifest(Path(raw_dir) / "manifest.csv")
+    detector = load_detector(
+        str(resolve_device(cfg.device, "crop.device")), min_face_size=min(cfg.min_size, 20)
+    )
+    counts: Counter[str] = Counter()
+    crops: list[Crop] = []
+    with atomic.atomic_path(Path(out_dir)) as work:
+        (work / "images").mkdir(parents=True)
+        for group in tqdm(
+            _batches(photos, cfg.batch_size), desc="crop", unit="batch", disable=None
+        ):
+            pixels = [_read(Path(raw_dir) / photo.path, cfg.min_size, counts) for photo in group]
+            readable = [(p, rgb) for p, rgb in zip(group, pixels, strict=True) if rgb is not None]
+            found = detect_faces(detector, [rgb for _, rgb in readable], cfg.batch_size)
+            for (photo, rgb), faces in zip(readable, found, strict=True):
+                kept = _keep(photo, rgb.shape, faces, cfg, counts)
+                crops += kept
+                for crop in kept:
+                    _save_crop(rgb, crop, work / "images")
+        _write_csv(work / "crops.csv", crops)
+    metrics = _metrics(photos, crops, counts)
+    atomic.write_json(Path(metrics_path), metrics)
+    return metrics
+
+
+def _read_raw_manifest(path: Path) -> list[Photo]:
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))
+    except FileNotFoundError:
+        raise EmoganError(f"{path}: not found (run the collect stage first)") from None
+    return [
+        Photo(
+            row["sha256"], Path(row["path"]), row["emotion"], int(row["width"]), int(row["height"])
+        )
+        for row in rows
+        if row["status"] == "ok"
+    ]
+
+
+def _batches(photos: list[Photo], batch_size: int) -> list[list[Photo]]:
+    """Photos of one size together (MTCNN batches only equal shapes), in a stable order."""
+    by_size: dict[tuple[int, int], list[Photo]] = {}
+    for photo in sorted(photos, key=lambda p: (p.width, p.height, p.sha256)):
+        by_size.setdefault((photo.width, photo.height), []).append(photo)
+    return [
+        same[start : start + batch_size]
+        for same in by_size.values()
+        for start in range(0, len(same), batch_size)
+    ]
+
+
+def _read(path: Path, min_size: int, counts: Counter[str]) -> np.ndarray | None:
+    """The photo's pixels, or None (counted) when it is unreadable or too small for a face."""
+    try:
+        rgb = read_rgb(path)
+    except EmoganError as error:
+        tqdm.write(f"crop: skipped {error}")
+        counts["unreadable_images"] += 1
+        return None
+    if min(rgb.shape[:2]) < min_size:
+        counts["images_too_small"] += 1
+        return None
+    return rgb
+
+
+def _keep(
+    photo: Photo,
+    shape: tuple[int, ...],
+    faces: list[DetectedFace],
+    cfg: CropConfig,
+    counts: Counter[str],
+) -> list[Crop]:
+    height, width = shape[:2]
+    ranked = sorted(faces, key=lambda face: (face.x1, face.y1))
+    kept = []
+    for rank, face in enumerate(ranked):
+        if face.prob < cfg.min_prob:
+            counts["rejected_low_prob"] += 1
+        elif min(face.x2 - face.x1, face.y2 - face.y1) < cfg.min_size:
+            counts["rejected_too_small"] += 1
+        else:
+            x, y, size = square_around(face, cfg.margin, width, height)
+            kept.append(Crop(crop_id(photo.sha256, rank), photo, face, x, y, size))
+    if not faces:
+        counts["images_without_faces"] += 1
+    return kept
+
+
+def _save_crop(rgb: np.ndarray, crop: Crop, images: Path) -> None:
+    square = rgb[crop.y : crop.y + crop.size, crop.x : crop.x + crop.size]
+    Image.fromarray(square).save(images / f"{crop.crop_id}.png")
+
+
+def _write_csv(path: Path, crops: list[Crop]) -> None:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(COLUMNS)
+    for crop in sorted(crops, key=lambda c: c.crop_id):
+        face = crop.face
+        writer.writerow([
+            crop.crop_id, f"images/{crop.crop_id}.png", crop.photo.sha256, crop.photo.path,
+            crop.photo.emotion, round(face.prob, 5),
+            *(round(v, 1) for v in face.box), crop.x, crop.y, crop.size,
+            *(round(float(v), 1) for v in face.landmarks.reshape(-1)),
+        ])  # fmt: skip
+    path.write_text(buffer.getvalue(), encoding="utf-8")
+
+
+REJECTIONS = (
+    "images_without_faces",
+    "images_too_small",
+    "unreadable_images",
+    "rejected_low_prob",
+    "rejected_too_small",
+)
+
+
+def _metrics(photos: list[Photo], crops: list[Crop], counts: Counter[str]) -> dict:
+    per_emotion = Counter(crop.photo.emotion for crop in crops)
+    return {
+        "images": len(photos),
+        "faces": len(crops),
+        "faces_per_image": round(len(crops) / max(len(photos), 1), 3),
+        "faces_per_emotion": dict(sorted(per_emotion.items())),
+        **{reason: counts[reason] for reason in REJECTIONS},
+    }
