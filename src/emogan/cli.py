@@ -251,6 +251,37 @@ def serve(
     )
 
 
+@cli.command()
+@click.option(
+    "--reviewed",
+    type=OutPath,
+    default=Path("data/interim/reviewed"),
+    show_default=True,
+    help="The review stage's output folder.",
+)
+@click.option(
+    "--out",
+    type=OutPath,
+    default=Path("data/processed"),
+    show_default=True,
+    help="Folder for train/ and test/ per emotion and index.csv.",
+)
+@click.option(
+    "--metrics",
+    type=OutPath,
+    default=Path("metrics/dataset.json"),
+    show_default=True,
+    help="Class counts per split and source.",
+)
+@click.pass_context
+def merge(ctx: click.Context, reviewed: Path, out: Path, metrics: Path) -> None:
+    """Merge FER2013 (fer2013.path) with the reviewed crops at image_size, train/ and test/."""
+    params = _params(ctx)
+    from emogan.data.merge import merge_dataset
+
+    _report(merge_dataset(params.fer2013, params.merge, params.image_size, reviewed, out, metrics))
+
+
 @cli.group()
 def bench() -> None:
     """Measure speed and quality goals; results belong in BENCHMARKS.md."""
@@ -271,6 +302,28 @@ def bench_demo(ctx: click.Context, work_dir: Path) -> None:
     from emogan.bench import bench_demo_world
 
     _report(bench_demo_world(cfg, work_dir))
+
+
+@bench.command("merge")
+@click.option(
+    "--work-dir",
+    type=OutPath,
+    default=Path("data/bench/merge"),
+    show_default=True,
+    help="Scratch folder for the generated CSV and the merged output.",
+)
+@click.option(
+    "--rows",
+    type=click.IntRange(min=1),
+    default=35_887,
+    show_default=True,
+    help="Rows of the generated FER2013-format CSV (the real one has 35,887).",
+)
+def bench_merge(work_dir: Path, rows: int) -> None:
+    """Time the merge stage on a full-size FER2013-format CSV."""
+    from emogan.bench_merge import bench_merge as run_bench
+
+    _report(run_bench(work_dir, rows))
 
 
 def main() -> None:

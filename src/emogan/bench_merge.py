@@ -1,0 +1,110 @@
+"""Benchmark of the merge stage on a full-size FER2013 CSV (35,887 rows, ~290 MB).
+
+The CSV is synthetic (smooth random images) but has FER2013's real class counts, usage split,
+row order and file size, which is all the parser and writer care about.
+"""
+
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from emogan.config import Fer2013Config, MergeConfig
+from emogan.data.fer2013 import FER_SIZE, USAGES, read_fer2013
+from emogan.data.merge import merge_dataset
+
+# FER2013's rows per label (angry .. neutral) in each Usage, in file order.
+FER2013_COUNTS = {
+    "Training": (3995, 436, 4097, 7215, 4830, 3171, 4965),
+    "PublicTest": (467, 56, 496, 895, 653, 415, 607),
+    "PrivateTest": (491, 55, 528, 879, 594, 416, 626),
+}
+FER2013_ROWS = sum(sum(counts) for counts in FER2013_COUNTS.values())  # 35,887
+CHUNK_ROWS = 4096
+COARSE = 6  # random values on a 6x6 grid, enlarged to 48x48: smooth blobs, not pure noise
+
+
+def bench_merge(work_dir: Path, rows: int = FER2013_ROWS, seed: int = 0) -> dict:
+    """Write work_dir/fer2013.csv, then time reading it alone and the whole merge stage."""
+    work_dir = Path(work_dir)
+    csv_path = work_dir / "fer2013.csv"
+    write_fer2013_csv(csv_path, rows, seed)
+    fer = Fer2013Config(path=csv_path)
+    start = time.perf_counter()
+    read_fer2013(fer)
+    parse_s = time.perf_counter() - start
+    start = time.perf_counter()
+    metrics = merge_dataset(
+        fer,
+        MergeConfig(include_custom=False),
+        image_size=FER_SIZE,
+        reviewed_dir=work_dir / "reviewed",
+        out_dir=work_dir / "processed",
+        metrics_path=work_dir / "dataset.json",
+    )
+    total_s = time.perf_counter() - start
+    return {
+        "rows": rows,
+        "csv_mb": round(csv_path.stat().st_size / 1e6, 1),
+        "parse_s": round(parse_s, 2),
+        "total_s": round(total_s, 2),
+        "images_written": metrics["all"]["all"]["total"],
+    }
+
+
+def write_fer2013_csv(path: Path, rows: int, seed: int) -> None:
+    """A Kaggle-format CSV of `rows` rows spread evenly over FER2013's real row list."""
+    labels, usages = _fer2013_row_list(seed)
+    picked = np.arange(rows) * len(labels) // rows
+    rng = np.random.default_rng(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as handle:
+        handle.write(b"emotion,pixels,Usage\n")
+        for start in range(0, rows, CHUNK_ROWS):
+            chunk = picked[start : start + CHUNK_ROWS]
+            texts = _pixel_texts(_smooth_faces(rng, len(chunk)))
+            handle.writelines(
+                b"%d,%s,%s\n" % (labels[i], text, usages[i].encode())
+                for i, text in zip(chunk.tolist(), texts, strict=True)
+            )
+
+
+def _fer2013_row_list(seed: int) -> tuple[np.ndarray, list[str]]:
+    """All 35,887 (label, usage) pairs: usages in file order, labels shuffled within each."""
+    rng = np.random.default_rng(seed)
+    labels, usages = [], []
+    for usage in USAGES:
+        counts = FER2013_COUNTS[usage]
+        labels.append(rng.permutation(np.repeat(np.arange(len(counts)), counts)))
+        usages += [usage] * sum(counts)
+    return np.concatenate(labels), usages
+
+
+def _smooth_faces(rng: np.random.Generator, count: int) -> np.ndarray:
+    coarse = rng.integers(0, 256, (count, COARSE, COARSE), dtype=np.uint8)
+    return np.stack(
+        [cv2.resize(c, (FER_SIZE, FER_SIZE), interpolation=cv2.INTER_CUBIC) for c in coarse]
+    )
+
+
+def _digit_table() -> tuple[np.ndarray, np.ndarray]:
+    """b"v " for every value 0-255, left-aligned in 4 bytes, and its width."""
+    texts = [b"%d " % value for value in range(256)]
+    table = np.zeros((256, 4), np.uint8)
+    for value, text in enumerate(texts):
+        table[value, : len(text)] = np.frombuffer(text, np.uint8)
+    return table, np.array([len(text) for text in texts])
+
+
+_DIGITS, _WIDTHS = _digit_table()
+
+
+def _pixel_texts(images: np.ndarray) -> list[bytes]:
+    """Each image as b"v v v ...", built by table look-up: str() per value is far slower."""
+    flat = images.reshape(len(images), -1)
+    widths = _WIDTHS[flat]
+    chars = _DIGITS[flat][np.arange(4) < widths[..., None]].tobytes()
+    ends = np.cumsum(widths.sum(axis=1))
+    starts = ends - widths.sum(axis=1)
+    return [chars[s : e - 1] for s, e in zip(starts.tolist(), ends.tolist(), strict=True)]

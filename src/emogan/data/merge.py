@@ -1,0 +1,228 @@
+"""The merge stage: FER2013 + the reviewed crops -> one image_size dataset split train/test.
+
+Every image is converted as the thesis did (OpenCV resize, then cvtColor to gray, or kept RGB
+with `merge.channels: 3`) and written as `<split>/<emotion>/<name>.png` with an `index.csv`.
+FER2013 keeps its own split (Usage). A reviewed crop goes to test when a hash of its crop_id
+falls below custom_test_fraction: the split of a crop depends on nothing else, so adding crops
+never moves existing ones between train and test.
+"""
+
+import csv
+import hashlib
+import io
+import os
+import re
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from emogan import atomic
+from emogan.config import Fer2013Config, MergeConfig
+from emogan.data.fer2013 import FerImages, read_fer2013
+from emogan.data.images import read_rgb
+from emogan.emotions import EMOTIONS, LABEL_OF
+from emogan.errors import EmoganError
+
+DEFAULT_REVIEWED_DIR = Path("data/interim/reviewed")
+DEFAULT_OUT_DIR = Path("data/processed")
+DEFAULT_METRICS_PATH = Path("metrics/dataset.json")
+INDEX_COLUMNS = ("path", "label", "emotion", "source", "split", "origin")
+REVIEWED_COLUMNS = ("crop_id", "path", "emotion", "label")  # the columns merge reads
+SPLITS = ("train", "test")
+SOURCES = ("fer2013", "custom")
+# cv2 releases the GIL while it decodes, resizes and encodes, so threads beat the core count.
+WRITE_THREADS = min(16, 4 * (os.cpu_count() or 1))
+_SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image of the merged dataset."""
+
+    path: str  # relative to the output folder: <split>/<emotion>/<name>.png
+    label: int
+    source: str  # fer2013 | custom
+    split: str  # train | test
+    origin: str  # fer2013:line:17, fer2013:train/happy/x.png, or the crop_id
+    image: np.ndarray | Path  # gray H x W pixels, or an RGB crop file read when it is written
+
+    @property
+    def emotion(self) -> str:
+        return EMOTIONS[self.label]
+
+
+def merge_dataset(
+    fer: Fer2013Config,
+    cfg: MergeConfig,
+    image_size: int,
+    reviewed_dir: Path = DEFAULT_REVIEWED_DIR,
+    out_dir: Path = DEFAULT_OUT_DIR,
+    metrics_path: Path = DEFAULT_METRICS_PATH,
+) -> dict:
+    """Write out_dir (images + index.csv, replaced as a whole) and the class counts to
+    metrics_path; return the counts. On bad input out_dir is left as it was."""
+    fer_images = read_fer2013(fer)
+    samples = _fer_samples(fer_images)
+    if cfg.include_custom:
+        samples += _custom_samples(Path(reviewed_dir), cfg.custom_test_fraction)
+    samples.sort(key=lambda sample: sample.path)
+    with atomic.atomic_path(Path(out_dir)) as work:
+        _write_images(samples, work, image_size, cfg.channels)
+        (work / "index.csv").write_text(_index_csv(samples), encoding="utf-8")
+    metrics = _metrics(samples, fer_images.skipped, image_size, cfg.channels)
+    atomic.write_json(Path(metrics_path), metrics)
+    return metrics
+
+
+def _fer_samples(fer: FerImages) -> list[Sample]:
+    return [
+        Sample(
+            path=f"{split}/{EMOTIONS[label]}/{name}.png",
+            label=label,
+            source="fer2013",
+            split=split,
+            origin=origin,
+            image=image,
+        )
+        for image, label, split, name, origin in zip(
+            fer.images, fer.labels.tolist(), fer.splits, fer.names, fer.origins, strict=True
+        )
+    ]
+
+
+def _custom_samples(reviewed_dir: Path, test_fraction: float) -> list[Sample]:
+    """One sample per row of reviewed.csv, in the emotion the review gave it."""
+    index_path = reviewed_dir / "reviewed.csv"
+    if not index_path.is_file():
+        raise EmoganError(
+            f"{index_path}: not found (run the review stage, or set merge.include_custom: false)"
+        )
+    with index_path.open(newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        missing = [c for c in REVIEWED_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise EmoganError(f"{index_path} line 1: no {missing[0]!r} column")
+        samples: dict[str, Sample] = {}
+        for row in reader:
+            where = f"{index_path} line {reader.line_num}"
+            sample = _custom_sample(row, reviewed_dir, test_fraction, where)
+            if sample.origin in samples:
+                raise EmoganError(f"{where}: crop_id {sample.origin} appears twice")
+            samples[sample.origin] = sample
+    return list(samples.values())
+
+
+def _custom_sample(
+    row: dict[str, str | None], reviewed_dir: Path, test_fraction: float, where: str
+) -> Sample:
+    crop_id, path, emotion, label = ((row.get(c) or "").strip() for c in REVIEWED_COLUMNS)
+    if not _SAFE_ID.fullmatch(crop_id):
+        raise EmoganError(f"{where}: crop_id {crop_id!r} is not a plain file-name-safe id")
+    if emotion not in LABEL_OF:
+        raise EmoganError(f"{where}: emotion {emotion!r} is not one of {', '.join(EMOTIONS)}")
+    if label != str(LABEL_OF[emotion]):
+        raise EmoganError(f"{where}: label {label!r} does not match emotion {emotion!r}")
+    image_path = reviewed_dir / path
+    if not path or not image_path.is_file():
+        raise EmoganError(f"{where}: {image_path} not found")
+    split = custom_split(crop_id, test_fraction)
+    return Sample(
+        path=f"{split}/{emotion}/custom-{crop_id}.png",
+        label=LABEL_OF[emotion],
+        source="custom",
+        split=split,
+        origin=crop_id,
+        image=image_path,
+    )
+
+
+def custom_split(crop_id: str, test_fraction: float) -> str:
+    """The split of one crop: test for about test_fraction of all ids, decided by the id alone."""
+    digest = hashlib.sha256(crop_id.encode("utf-8")).digest()
+    position = int.from_bytes(digest[:8], "big") / 2**64  # uniform in [0, 1)
+    return "test" if position < test_fraction else "train"
+
+
+def convert(pixels: np.ndarray, image_size: int, channels: int) -> np.ndarray:
+    """Gray (H x W) or RGB (H x W x 3) pixels -> image_size square, gray or RGB, as the thesis
+    did: resize first, then cvtColor."""
+    resized = resize_square(pixels, image_size)
+    if channels == 1 and resized.ndim == 3:
+        return cv2.cvtColor(resized, cv2.COLOR_RGB2GRAY)
+    if channels == 3 and resized.ndim == 2:
+        return cv2.cvtColor(resized, cv2.COLOR_GRAY2RGB)
+    return resized
+
+
+def resize_square(pixels: np.ndarray, size: int) -> np.ndarray:
+    height, width = pixels.shape[:2]
+    if height == width == size:
+        return pixels
+    # AREA averages all the source pixels behind each output pixel, the alias-free way to
+    # shrink; when enlarging it repeats pixels in blocks (like NEAREST), so CUBIC does that.
+    interpolation = cv2.INTER_AREA if max(height, width) > size else cv2.INTER_CUBIC
+    return cv2.resize(pixels, (size, size), interpolation=interpolation)
+
+
+def _write_images(samples: list[Sample], root: Path, image_size: int, channels: int) -> None:
+    for split in SPLITS:
+        for emotion in EMOTIONS:
+            (root / split / emotion).mkdir(parents=True)
+    write = partial(_write_image, root=root, image_size=image_size, channels=channels)
+    with ThreadPoolExecutor(WRITE_THREADS) as pool:
+        done = pool.map(write, samples)
+        for _ in tqdm(done, total=len(samples), desc="merge", unit="image", disable=None):
+            pass
+
+
+def _write_image(sample: Sample, root: Path, image_size: int, channels: int) -> None:
+    pixels = read_rgb(sample.image) if isinstance(sample.image, Path) else sample.image
+    image = convert(pixels, image_size, channels)
+    if channels == 3:
+        image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)  # cv2 encodes colour as BGR
+    _, png = cv2.imencode(".png", image)
+    (root / sample.path).write_bytes(png.tobytes())
+
+
+def _index_csv(samples: list[Sample]) -> str:
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(INDEX_COLUMNS)
+    for s in samples:
+        writer.writerow((s.path, s.label, s.emotion, s.source, s.split, s.origin))
+    return text.getvalue()
+
+
+def _metrics(samples: list[Sample], fer_skipped: int, image_size: int, channels: int) -> dict:
+    """{split: {source: {emotion: n, total: n}}}, with "all" as a split and as a source; every
+    key is always present, so `dvc metrics show` and `dvc exp show` line runs up column by
+    column."""
+    counts = Counter((s.split, s.source, s.emotion) for s in samples)
+    split_groups = {split: (split,) for split in SPLITS} | {"all": SPLITS}
+    source_groups = {source: (source,) for source in SOURCES} | {"all": SOURCES}
+
+    def class_counts(splits: tuple[str, ...], sources: tuple[str, ...]) -> dict[str, int]:
+        by_emotion = {
+            emotion: sum(counts[split, source, emotion] for split in splits for source in sources)
+            for emotion in EMOTIONS
+        }
+        return by_emotion | {"total": sum(by_emotion.values())}
+
+    return {
+        "image_size": image_size,
+        "channels": channels,
+        "fer2013_skipped": fer_skipped,
+        **{
+            split_name: {
+                source_name: class_counts(splits, sources)
+                for source_name, sources in source_groups.items()
+            }
+            for split_name, splits in split_groups.items()
+        },
+    }
