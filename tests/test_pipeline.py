@@ -1,0 +1,113 @@
+"""The true path: `dvc repro` and `dvc exp run` in a fresh git clone of this project."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL_DEMO = {
+    "photos_per_emotion": 2,
+    "faceless_photos": 2,
+    "fer_train_per_emotion": 12,
+    "fer_test_per_emotion": 4,
+}
+GIT_IDENTITY = {
+    "GIT_AUTHOR_NAME": "emogan tests",
+    "GIT_AUTHOR_EMAIL": "tests@emogan.invalid",
+    "GIT_COMMITTER_NAME": "emogan tests",
+    "GIT_COMMITTER_EMAIL": "tests@emogan.invalid",
+}
+
+
+def _run(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, **GIT_IDENTITY}
+    # The stages call `emogan`, which lives beside this interpreter.
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A clone of the working tree (tracked and untracked, not ignored) with a small demo."""
+    dest = tmp_path_factory.mktemp("project")
+    listed = _run(["git", "ls-files", "-co", "--exclude-standard", "-z"], ROOT).stdout
+    for name in filter(None, listed.split("\0")):
+        if (ROOT / name).is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, dest / name)
+    params = yaml.safe_load((dest / "params.yaml").read_text())
+    params["demo"].update(SMALL_DEMO)
+    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    _run(["git", "init", "-q"], dest)
+    _run(["git", "add", "-A"], dest)
+    _run(["git", "commit", "-qm", "clone"], dest)
+    return dest
+
+
+def _metrics(project: Path, name: str) -> dict:
+    return json.loads((project / "metrics" / f"{name}.json").read_text())
+
+
+def _tree_state(root: Path) -> dict[str, int]:
+    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
+
+
+@pytest.mark.slow
+def test_repro_builds_the_pipeline_and_a_second_repro_does_nothing(project: Path) -> None:
+    _run(["dvc", "repro"], project)
+
+    manifest = (project / "data/demo/manifest.csv").read_text().splitlines()
+    photos = len(manifest) - 1
+    assert photos == 7 * SMALL_DEMO["photos_per_emotion"] + SMALL_DEMO["faceless_photos"]
+    collected = _metrics(project, "collect")
+    assert collected["ok"] == photos == len(list((project / "data/raw/images").rglob("*.*")))
+    cropped = _metrics(project, "crop")
+    simulated = _metrics(project, "simulated_review")
+    assert simulated["faces_found"] == cropped["faces"] - simulated["drop"] > 0
+    reviewed = _metrics(project, "review")
+    assert reviewed["relabelled"] == simulated["relabel"]
+    assert reviewed["kept"] + reviewed["relabelled"] == cropped["faces"] - simulated["drop"]
+    dataset = _metrics(project, "dataset")
+    assert dataset["all"]["custom"]["total"] == reviewed["kept"] + reviewed["relabelled"]
+    index = (project / "data/processed/index.csv").read_text().splitlines()
+    assert len(index) - 1 == dataset["all"]["all"]["total"]
+
+    before = _tree_state(project / "data")
+    second = _run(["dvc", "repro"], project)
+    assert "didn't change" in second.stdout
+    assert "Running stage" not in second.stdout
+    assert _tree_state(project / "data") == before
+
+
+@pytest.mark.slow
+def test_exp_run_overrides_a_param_and_records_an_experiment(project: Path) -> None:
+    _run(["dvc", "exp", "run", "-n", "seed1", "-S", "demo.seed=1"], project)
+    shown = json.loads(_run(["dvc", "exp", "show", "--json"], project).stdout)
+    experiments = [
+        exp
+        for commit in shown
+        for exp in (commit.get("experiments") or [])
+        if exp.get("name") == "seed1"
+    ]
+    assert experiments, shown
+    revision = experiments[0]["revs"][0]["data"]
+    assert revision["params"]["params.yaml"]["data"]["demo"]["seed"] == 1
+    assert revision["metrics"]["metrics/dataset.json"]["data"]["all"]["all"]["total"] > 0
+
+
+@pytest.mark.slow
+def test_exp_run_with_an_impossible_param_names_the_key(project: Path) -> None:
+    result = _run(["dvc", "exp", "run", "-S", "demo.photos_per_emotion=-1"], project, check=False)
+    assert result.returncode != 0
+    assert "params.yaml: demo.photos_per_emotion: Input should be greater than 0 (got -1)" in (
+        result.stdout + result.stderr
+    )
