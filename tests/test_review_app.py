@@ -182,10 +182,19 @@ def base_url(world: World) -> Iterator[str]:
     server.server_close()
 
 
-def _request(base_url: str, method: str, path: str, body: bytes = b"", content_type: str = ""):
+def _request(
+    base_url: str,
+    method: str,
+    path: str,
+    body: bytes = b"",
+    content_type: str = "",
+    host: str | None = None,
+):
     """(status, content type, body), with `path` sent exactly as given (no normalisation)."""
     connection = http.client.HTTPConnection(base_url.removeprefix("http://"), timeout=10)
     headers = {"Content-Type": content_type} if content_type else {}
+    if host is not None:
+        headers["Host"] = host
     connection.request(method, path, body=body or None, headers=headers)
     response = connection.getresponse()
     reply = response.status, response.getheader("Content-Type"), response.read()
@@ -297,6 +306,20 @@ def test_malformed_requests_are_refused(
 ) -> None:
     assert _request(base_url, "POST", "/api/decision", body, content_type)[0] == status
     assert not world.decisions.exists()
+
+
+def test_requests_for_another_host_name_are_refused(world: World, base_url: str) -> None:
+    port = base_url.rsplit(":", 1)[1]
+    status, _, body = _request(base_url, "GET", "/api/state", host=f"evil.example:{port}")
+    assert status == 403 and json.loads(body) == {
+        "error": "host 'evil.example' is not this machine"
+    }
+    payload = json.dumps({"crop_id": world.crop_ids[0], "action": "drop", "label": ""}).encode()
+    status, _, _ = _request(
+        base_url, "POST", "/api/decision", payload, "application/json", host="evil.example"
+    )
+    assert status == 403 and not world.cfg.decisions.exists()
+    assert _request(base_url, "GET", "/api/state", host=f"localhost:{port}")[0] == 200
 
 
 def test_relabel_to_the_folder_emotion_is_a_keep(world: World, base_url: str) -> None:

@@ -44,6 +44,7 @@ PAGES = {
     "/style.css": ("style.css", "text/css; charset=utf-8"),
 }
 JSON_TYPE = "application/json"
+LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
 FACE_BOX_COLOUR = (255, 200, 0)
 OTHER_FACES_COLOUR = (0, 190, 255)
 
@@ -291,6 +292,16 @@ def _handler_for(session: ReviewSession) -> type[BaseHTTPRequestHandler]:
                 raise HttpError(HTTPStatus.NOT_FOUND, f"no API {path}")
             return _json(actions[path](self._json_body()))
 
+        def _check_host(self) -> None:
+            # DNS rebinding: a web page on evil.example can re-point its name at 127.0.0.1 and
+            # then read and write here; its requests still carry Host: evil.example.
+            bound = str(self.server.server_address[0])
+            if bound not in LOOPBACK_NAMES:
+                return  # bound to the network on purpose; any name may reach it
+            host = urlsplit(f"//{self.headers.get('Host', '')}").hostname
+            if host not in LOOPBACK_NAMES:
+                raise HttpError(HTTPStatus.FORBIDDEN, f"host {host!r} is not this machine")
+
         def _json_body(self) -> dict:
             # Requiring a JSON content type also stops other web sites from posting here: a
             # cross-site form cannot send one without a CORS preflight, which this server refuses.
@@ -309,6 +320,7 @@ def _handler_for(session: ReviewSession) -> type[BaseHTTPRequestHandler]:
 
         def _reply_with(self, route: Callable[[str], Reply]) -> None:
             try:
+                self._check_host()
                 body, content_type = route(urlsplit(self.path).path)
                 status = HTTPStatus.OK
             except EmoganError as error:  # a refusal, or a broken decisions file, a bad photo
