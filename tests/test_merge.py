@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from emogan.bench_merge import bench_merge
+from emogan.bench.merge import bench_merge
 from emogan.config import Fer2013Config, MergeConfig
 from emogan.data.fer2013 import CHUNK_ROWS, read_fer2013
 from emogan.data.merge import custom_split, merge_dataset

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
@@ -16,12 +17,15 @@ from typing import Any
 def atomic_path(target: Path) -> Iterator[Path]:
     """Yield a temporary path beside `target`; on success it replaces `target` in one rename.
 
-    Works for files and directories. On an exception (or a kill) the target is untouched and the
-    temporary is removed where Python still runs.
+    Works for files and directories. On an exception or a kill the target is untouched; the
+    temporary is removed at once where Python still runs, else by the next write of `target`.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    prefix = f".{target.name}."
+    for stale in target.parent.glob(f"{glob.escape(prefix)}*.tmp"):
+        shutil.rmtree(stale, ignore_errors=True)  # left by a killed run
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=target.parent))
     work = tmp / target.name
     try:
         yield work

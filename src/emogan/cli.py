@@ -299,7 +299,7 @@ def bench() -> None:
 def bench_demo(ctx: click.Context, work_dir: Path) -> None:
     """Time the demo world; MTCNN recall on its faces; a small CNN's accuracy on its FER CSV."""
     cfg = _params(ctx).demo
-    from emogan.bench import bench_demo_world
+    from emogan.bench.demo_world import bench_demo_world
 
     _report(bench_demo_world(cfg, work_dir))
 
@@ -321,7 +321,7 @@ def bench_demo(ctx: click.Context, work_dir: Path) -> None:
 )
 def bench_merge(work_dir: Path, rows: int) -> None:
     """Time the merge stage on a full-size FER2013-format CSV."""
-    from emogan.bench_merge import bench_merge as run_bench
+    from emogan.bench.merge import bench_merge as run_bench
 
     _report(run_bench(work_dir, rows))
 

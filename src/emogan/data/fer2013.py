@@ -32,6 +32,13 @@ log = logging.getLogger(__name__)
 FER_SIZE = 48
 PIXELS = FER_SIZE * FER_SIZE
 USAGES = ("Training", "PublicTest", "PrivateTest")
+# The real FER2013's rows per label (angry .. neutral) in each Usage: the demo world and the
+# merge benchmark copy its imbalance (547 disgust in 35,887).
+FER2013_COUNTS = {
+    "Training": (3995, 436, 4097, 7215, 4830, 3171, 4965),
+    "PublicTest": (467, 56, 496, 895, 653, 415, 607),
+    "PrivateTest": (491, 55, 528, 879, 594, 416, 626),
+}
 LABEL_TEXTS = tuple(str(label) for label in range(len(EMOTIONS)))
 CHUNK_ROWS = 2048  # ~17 MB of CSV text per chunk: big enough to vectorise, small in memory
 FOLDER_SPLITS = ("train", "test")

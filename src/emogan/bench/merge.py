@@ -11,15 +11,9 @@ import cv2
 import numpy as np
 
 from emogan.config import Fer2013Config, MergeConfig
-from emogan.data.fer2013 import FER_SIZE, USAGES, read_fer2013
+from emogan.data.fer2013 import FER2013_COUNTS, FER_SIZE, USAGES, read_fer2013
 from emogan.data.merge import merge_dataset
 
-# FER2013's rows per label (angry .. neutral) in each Usage, in file order.
-FER2013_COUNTS = {
-    "Training": (3995, 436, 4097, 7215, 4830, 3171, 4965),
-    "PublicTest": (467, 56, 496, 895, 653, 415, 607),
-    "PrivateTest": (491, 55, 528, 879, 594, 416, 626),
-}
 FER2013_ROWS = sum(sum(counts) for counts in FER2013_COUNTS.values())  # 35,887
 CHUNK_ROWS = 4096
 COARSE = 6  # random values on a 6x6 grid, enlarged to 48x48: smooth blobs, not pure noise

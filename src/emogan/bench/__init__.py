@@ -1,0 +1,1 @@
+"""`emogan bench ...`: measurements of speed and quality goals, reported in BENCHMARKS.md."""

@@ -1,0 +1,326 @@
+"""The demo stage: an offline world of drawn faces with known ground truth.
+
+It stands in for photos collected from the web by emotion keyword (scene photos with faces at
+several sizes, some showing another emotion than their folder, some with no face at all) and for
+FER2013 (48x48 grayscale faces in the Kaggle CSV format with FER2013's class imbalance), so the
+whole pipeline runs offline and its evaluation numbers mean something.
+
+Every item draws from its own generator seeded by (seed, kind, item), so items are independent
+of each other and the same seed gives byte-identical files.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from emogan.atomic import atomic_path
+from emogan.config import DemoConfig
+from emogan.data.drawn_faces import FaceLook, draw_face, face_box, random_look
+from emogan.data.fer2013 import FER2013_COUNTS
+from emogan.emotions import EMOTIONS, LABEL_OF
+
+MANIFEST_COLUMNS = ("url_or_path", "emotion", "license", "creator", "source", "keyword")
+TRUTH_COLUMNS = ("photo", "photo_emotion", "face", "emotion", "background",
+                 "x1", "y1", "x2", "y2", "occluded", "rotation", "hair_style")  # fmt: skip
+FER_USAGES = ("Training", "PublicTest", "PrivateTest")
+# FER2013's real Training counts; the demo keeps their proportions (disgust rare, happy common).
+KEYWORD_ADJECTIVES = {"angry": "angry", "disgust": "disgusted", "fear": "scared", "happy": "happy",
+                      "sad": "sad", "surprise": "surprised", "neutral": "neutral"}  # fmt: skip
+KEYWORD_SUBJECTS = ("man", "woman", "boy", "girl", "family", "people")
+
+JPEG_QUALITY = 92
+MIN_FACE = 40  # px, forehead to chin: the smallest face MTCNN still finds reliably
+MAX_FACE = 0.6  # of the photo's height (or width, if narrower)
+SIZE_STEP = (0.5, 0.8)  # each further face is this much smaller than the previous one
+PLACEMENT_TRIES = 60  # random spots tried per face before it is left out
+FER_SIZE = 48
+FER_DRAW = 72  # FER faces are drawn larger, then shrunk like a downscaled photo
+
+# Generator streams: one per kind of item.
+PHOTO, FACELESS, FER_FACE, FER_ORDER = range(1, 5)
+
+
+@dataclass(frozen=True)
+class DrawnFace:
+    emotion: str
+    centre: tuple[float, float]
+    size: float  # px, forehead to chin
+    look: FaceLook
+    background: bool  # shows another emotion than its photo's folder
+
+    @property
+    def box(self) -> tuple[float, float, float, float]:
+        return face_box(self.look, self.centre, self.size)
+
+
+def _rng(seed: int, *keys: int) -> np.random.Generator:
+    return np.random.default_rng([seed, *keys])
+
+
+def _ramp(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
+    """H x W x 1 float32 values rising from 0 to 1 along a random direction."""
+    angle = rng.uniform(0, 2 * np.pi)
+    y = np.arange(height, dtype=np.float32)[:, None, None] / height
+    x = np.arange(width, dtype=np.float32)[None, :, None] / width
+    t = np.cos(angle) * x + np.sin(angle) * y
+    return (t - t.min()) / max(float(np.ptp(t)), 1e-6)
+
+
+def _gradient(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
+    """A float32 BGR image shading from one random colour to another."""
+    start, end = rng.uniform(20, 235, (2, 3)).astype(np.float32)
+    return start + (end - start) * _ramp(rng, width, height)
+
+
+def _clutter(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
+    """Background: a gradient, a blotchy texture and random shapes and lines, none face-like."""
+    canvas = _gradient(rng, width, height)
+    blotches = cv2.resize(rng.normal(0, 25, (6, 8, 3)).astype(np.float32), (width, height))
+    canvas += blotches
+    scale = min(width, height)
+    for _ in range(rng.integers(6, 18)):
+        colour = rng.uniform(0, 255, 3).tolist()
+        x, y = int(rng.integers(width)), int(rng.integers(height))
+        kind = rng.integers(4)
+        if kind == 0:
+            w, h = (rng.uniform(0.05, 0.4, 2) * scale).astype(int).tolist()
+            cv2.rectangle(canvas, (x, y), (x + w, y + h), colour, -1, cv2.LINE_AA)
+        elif kind == 1:
+            axes = tuple((rng.uniform(0.03, 0.25, 2) * scale).astype(int).tolist())
+            cv2.ellipse(canvas, (x, y), axes, rng.uniform(0, 180), 0, 360, colour, -1, cv2.LINE_AA)
+        elif kind == 2:
+            end = (int(rng.integers(width)), int(rng.integers(height)))
+            cv2.line(canvas, (x, y), end, colour, int(rng.integers(1, 8)), cv2.LINE_AA)
+        else:
+            corners = rng.integers(0, [width, height], (int(rng.integers(3, 7)), 2))
+            cv2.fillPoly(canvas, [corners.astype(np.int32)], colour, cv2.LINE_AA)
+    return canvas
+
+
+def _finish(canvas: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Camera effects: brightness, a light gradient, a vignette and sensor noise; -> uint8."""
+    height, width = canvas.shape[:2]
+    y = np.linspace(-0.5, 0.5, height, dtype=np.float32)[:, None, None]
+    x = np.linspace(-0.5, 0.5, width, dtype=np.float32)[None, :, None]
+    vignette = rng.uniform(0, 0.6) * (x**2 + y**2)
+    light = rng.uniform(0, 0.4) * (_ramp(rng, width, height) - 0.5)
+    gain = rng.uniform(0.75, 1.15) * (1 + light) - vignette
+    noise = rng.standard_normal(canvas.shape, dtype=np.float32) * rng.uniform(2, 8)
+    return np.clip(np.round(canvas * gain + noise), 0, 255).astype(np.uint8)
+
+
+def _face_sizes(cfg: DemoConfig, rng: np.random.Generator) -> list[float]:
+    """Face heights in px, largest (the main face) first, each clearly smaller than the last."""
+    count = int(rng.integers(1, cfg.max_faces_per_photo + 1))
+    largest = rng.uniform(0.3, MAX_FACE) * min(cfg.photo_height, cfg.photo_width)
+    sizes = [max(MIN_FACE, largest)]
+    while len(sizes) < count and sizes[-1] * SIZE_STEP[1] >= MIN_FACE:
+        sizes.append(max(MIN_FACE, sizes[-1] * rng.uniform(*SIZE_STEP)))
+    return sizes
+
+
+def _footprint(centre: np.ndarray, size: float) -> np.ndarray:
+    """Area (x1, y1, x2, y2) a face needs to itself: head, hair and neck; shoulders may overlap."""
+    return np.concatenate(
+        [centre - [0.55 * size, 0.68 * size], centre + [0.55 * size, 0.95 * size]]
+    )
+
+
+def _overlaps(box: np.ndarray, others: list[np.ndarray]) -> bool:
+    return any(box[0] < o[2] and o[0] < box[2] and box[1] < o[3] and o[1] < box[3] for o in others)
+
+
+def _place(
+    cfg: DemoConfig, rng: np.random.Generator, sizes: list[float]
+) -> list[tuple[np.ndarray, float]]:
+    """Centres for as many faces as fit without overlapping; the whole face inside the photo."""
+    placed: list[tuple[np.ndarray, float]] = []
+    taken: list[np.ndarray] = []
+    for size in sizes:
+        low = np.array([0.45, 0.55]) * size  # the face box stays inside the photo
+        high = np.array([cfg.photo_width, cfg.photo_height]) - low
+        if np.any(high <= low):
+            continue
+        for _ in range(PLACEMENT_TRIES):
+            centre = rng.uniform(low, high)
+            footprint = _footprint(centre, size)
+            if not _overlaps(footprint, taken):
+                placed.append((centre, size))
+                taken.append(footprint)
+                break
+    return placed
+
+
+def _scene(
+    cfg: DemoConfig, rng: np.random.Generator, emotion: str, with_faces: bool
+) -> tuple[np.ndarray, list[DrawnFace]]:
+    """One photo (uint8 BGR) and its faces, main face first."""
+    canvas = _clutter(rng, cfg.photo_width, cfg.photo_height)
+    placed = _place(cfg, rng, _face_sizes(cfg, rng)) if with_faces else []
+    faces = [
+        _pick_face(cfg, rng, emotion, centre, size, i == 0)
+        for i, (centre, size) in enumerate(placed)
+    ]
+    for face in reversed(faces):  # far (small) faces first: near shoulders pass in front of them
+        draw_face(canvas, face.centre, face.size, face.emotion, face.look, rng)
+    return _finish(canvas, rng), faces
+
+
+def _pick_face(
+    cfg: DemoConfig,
+    rng: np.random.Generator,
+    emotion: str,
+    centre: np.ndarray,
+    size: float,
+    main: bool,
+) -> DrawnFace:
+    """The main face shows the folder's emotion; another face sometimes a different one."""
+    background = not main and rng.random() < cfg.background_face_prob
+    if background:
+        emotion = str(rng.choice([e for e in EMOTIONS if e != emotion]))
+    look = random_look(rng, cfg.occlusion_prob)
+    return DrawnFace(emotion, (float(centre[0]), float(centre[1])), size, look, background)
+
+
+def _fer_face(rng: np.random.Generator, emotion: str, occlusion_prob: float) -> np.ndarray:
+    """A 48x48 grayscale face, centred and upright-ish, filling the frame as in FER2013."""
+    canvas = _gradient(rng, FER_DRAW, FER_DRAW)
+    look = random_look(rng, occlusion_prob, max_rotation=10)
+    centre = FER_DRAW * (0.5 + rng.normal(0, 0.025, 2))
+    draw_face(
+        canvas, tuple(centre.tolist()), FER_DRAW * rng.uniform(0.95, 1.12), emotion, look, rng
+    )
+    small = cv2.resize(_finish(canvas, rng), (FER_SIZE, FER_SIZE), interpolation=cv2.INTER_AREA)
+    return cv2.cvtColor(small, cv2.COLOR_BGR2GRAY)
+
+
+def fer_counts(cfg: DemoConfig) -> dict[str, dict[str, int]]:
+    """Rows per emotion and usage, in FER2013's Training proportions scaled so that the mean per
+    emotion is fer_train_per_emotion (Training) and fer_test_per_emotion (test, split in half
+    between PublicTest and PrivateTest with at least one row each)."""
+    training = dict(zip(EMOTIONS, FER2013_COUNTS["Training"], strict=True))
+    mean = sum(training.values()) / len(training)
+    counts = {}
+    for emotion, real in training.items():
+        test = max(2, round(real * cfg.fer_test_per_emotion / mean))
+        counts[emotion] = {
+            "Training": max(1, round(real * cfg.fer_train_per_emotion / mean)),
+            "PublicTest": test - test // 2,
+            "PrivateTest": test // 2,
+        }
+    return counts
+
+
+def _fer_rows(cfg: DemoConfig) -> list[tuple[int, str, int, int]]:
+    """(label, usage, usage index, item) in file order: by usage, labels shuffled within one."""
+    counts = fer_counts(cfg)
+    rows = []
+    for u, usage in enumerate(FER_USAGES):
+        items = [(LABEL_OF[e], usage, u, i) for e in EMOTIONS for i in range(counts[e][usage])]
+        rows += [items[k] for k in _rng(cfg.seed, FER_ORDER, u).permutation(len(items))]
+    return rows
+
+
+def _write_fer(cfg: DemoConfig, path: Path) -> None:
+    lines = ["emotion,pixels,Usage"]
+    for label, usage, u, i in tqdm(_fer_rows(cfg), desc="demo fer2013", unit="face", disable=None):
+        face = _fer_face(_rng(cfg.seed, FER_FACE, u, label, i), EMOTIONS[label], cfg.occlusion_prob)
+        lines.append(f"{label},{' '.join(map(str, face.ravel().tolist()))},{usage}")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+@dataclass(frozen=True)
+class _Photo:
+    emotion: str  # the folder, i.e. the keyword it was "found" with
+    index: int
+    with_faces: bool
+    stream: tuple[int, ...]  # generator keys after the seed
+
+    @property
+    def path(self) -> str:
+        return f"photos/{self.emotion}/{self.emotion}_{self.index:04d}.jpg"
+
+
+def _photo_plan(cfg: DemoConfig) -> list[_Photo]:
+    """photos_per_emotion photos with faces per folder, then the faceless ones spread over them."""
+    photos = [
+        _Photo(emotion, i, True, (PHOTO, LABEL_OF[emotion], i))
+        for emotion in EMOTIONS
+        for i in range(cfg.photos_per_emotion)
+    ]
+    photos += [
+        _Photo(EMOTIONS[j % len(EMOTIONS)], cfg.photos_per_emotion + j // len(EMOTIONS), False,
+               (FACELESS, j))
+        for j in range(cfg.faceless_photos)
+    ]  # fmt: skip
+    return photos
+
+
+def _write_photo(cfg: DemoConfig, photo: _Photo, root: Path) -> tuple[dict, list[dict]]:
+    """Draw and save one photo; return its manifest row and its ground-truth rows."""
+    rng = _rng(cfg.seed, *photo.stream)
+    keyword = f"{KEYWORD_ADJECTIVES[photo.emotion]} {rng.choice(KEYWORD_SUBJECTS)}"
+    image, faces = _scene(cfg, rng, photo.emotion, photo.with_faces)
+    ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+    if not ok:
+        raise RuntimeError(f"OpenCV could not encode {photo.path}")
+    (root / photo.path).parent.mkdir(parents=True, exist_ok=True)
+    (root / photo.path).write_bytes(jpeg.tobytes())
+    listed = {"url_or_path": photo.path, "emotion": photo.emotion, "license": "CC0-1.0",
+              "creator": "emogan demo", "source": "demo", "keyword": keyword}  # fmt: skip
+    return listed, [_truth_row(photo, k, face) for k, face in enumerate(faces)]
+
+
+def _truth_row(photo: _Photo, index: int, face: DrawnFace) -> dict:
+    x1, y1, x2, y2 = (round(v, 1) for v in face.box)
+    return {
+        "photo": photo.path, "photo_emotion": photo.emotion, "face": index,
+        "emotion": face.emotion, "background": face.background,
+        "x1": x1, "y1": y1, "x2": x2, "y2": y2, "occluded": face.look.occluded,
+        "rotation": round(face.look.rotation, 1), "hair_style": face.look.hair_style,
+    }  # fmt: skip
+
+
+def _write_csv(path: Path, columns: tuple[str, ...], rows: list[dict]) -> None:
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    path.write_text(text.getvalue(), encoding="utf-8")
+
+
+def make_demo(cfg: DemoConfig, out_dir: Path) -> dict:
+    """Write the demo world into out_dir, replacing it as a whole, and return its summary.
+
+    Layout: photos/<emotion>/<emotion>_NNNN.jpg, manifest.csv (the collect stage's input),
+    ground_truth.csv (one row per drawn face), fer2013.csv (Kaggle format), summary.json.
+    An interrupted run leaves the previous out_dir, or none.
+    """
+    manifest, truth = [], []
+    with atomic_path(Path(out_dir)) as root:
+        root.mkdir()
+        for photo in tqdm(_photo_plan(cfg), desc="demo photos", unit="photo", disable=None):
+            listed, faces = _write_photo(cfg, photo, root)
+            manifest.append(listed)
+            truth += faces
+        _write_fer(cfg, root / "fer2013.csv")
+        _write_csv(root / "manifest.csv", MANIFEST_COLUMNS, manifest)
+        _write_csv(root / "ground_truth.csv", TRUTH_COLUMNS, truth)
+        summary = {
+            "photos": len(manifest),
+            "faceless_photos": cfg.faceless_photos,
+            "faces": len(truth),
+            "background_faces": sum(row["background"] for row in truth),
+            "occluded_faces": sum(row["occluded"] for row in truth),
+            "fer2013": fer_counts(cfg),
+        }
+        (root / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    return summary
