@@ -115,6 +115,50 @@ class MergeConfig(Section):
     channels: Literal[1, 3] = 1
 
 
+class ModelConfig(Section):
+    g_conv_dim: Int = Field(32, ge=1)  # filters of G's first layer (official StarGAN: 64)
+    d_conv_dim: Int = Field(32, ge=1)
+    g_layers: Int | None = Field(None, ge=1)  # residual blocks in G; null -> top-level layers
+    d_layers: Int | None = Field(None, ge=1)  # strided convs in D; null -> top-level layers
+
+
+class TrainConfig(Section):
+    num_iters: Int = Field(200_000, ge=1)  # one iteration = one D update
+    num_iters_decay: Int = Field(100_000, ge=0)  # LR falls linearly to 0 over these last ones
+    batch_size: Int = Field(16, ge=1)
+    n_critic: Int = Field(5, ge=1)  # D updates per G update
+    g_lr: Float = Field(1e-4, gt=0.0)
+    d_lr: Float = Field(1e-4, gt=0.0)
+    beta1: Float = Field(0.5, ge=0.0, lt=1.0)
+    beta2: Float = Field(0.999, ge=0.0, lt=1.0)
+    lambda_cls: Float = Field(1.0, ge=0.0)
+    lambda_rec: Float = Field(10.0, ge=0.0)
+    lambda_gp: Float = Field(10.0, ge=0.0)
+    log_step: Int = Field(100, ge=1)
+    sample_step: Int = Field(1000, ge=1)
+    checkpoint_step: Int = Field(1000, ge=1)
+    seed: Int = Field(0, ge=0)
+    device: Str = "auto"
+
+    @model_validator(mode="after")
+    def _decay_within_run(self) -> "TrainConfig":
+        if self.num_iters_decay > self.num_iters:
+            raise ValueError(
+                f"num_iters_decay {self.num_iters_decay} exceeds num_iters {self.num_iters}"
+            )
+        return self
+
+
+class SampleConfig(Section):
+    rows: Int = Field(8, ge=1, le=64)  # test faces per grid
+    seed: Int = Field(0, ge=0)
+
+
+class MlflowConfig(Section):
+    experiment: Str = "emogan"
+    tracking_uri: Str | None = None  # null -> $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db
+
+
 class Params(Section):
     layers: Int = Field(5, ge=1, le=8)
     image_size: Int = Field(48, ge=16, le=512)
@@ -124,6 +168,18 @@ class Params(Section):
     review: ReviewConfig = ReviewConfig()
     fer2013: Fer2013Config = Fer2013Config()
     merge: MergeConfig = MergeConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    sample: SampleConfig = SampleConfig()
+    mlflow: MlflowConfig = MlflowConfig()
+
+    @property
+    def g_layers(self) -> int:
+        return self.model.g_layers or self.layers
+
+    @property
+    def d_layers(self) -> int:
+        return self.model.d_layers or self.layers
 
 
 def _one_line(error: ValidationError, source: Path) -> str:
