@@ -1,0 +1,295 @@
+"""MLflow tracking against real stores: a sqlite file, and a real `mlflow server` over HTTP."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from emogan.config import MlflowConfig
+from emogan.stargan.model import Generator
+from emogan.tracking import TrainingRun, flatten_params, git_commit, resolve_tracking_uri
+
+PARAMS = {"layers": 3, "model": {"g_conv_dim": 4, "g_layers": None}, "train": {"g_lr": 1e-4}}
+TAGS = {"git_commit": "abc123", "device": "cpu"}
+
+
+def start(cfg: MlflowConfig, root: Path, run_id: str | None = None) -> TrainingRun:
+    return TrainingRun.start(
+        cfg, root, run_id=run_id, run_name="test-run", params=PARAMS, tags=TAGS
+    )
+
+
+@pytest.fixture(scope="module")
+def store_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One sqlite store for the module: creating its tables takes seconds."""
+    return tmp_path_factory.mktemp("store")
+
+
+@pytest.fixture
+def cfg(request: pytest.FixtureRequest) -> MlflowConfig:
+    return MlflowConfig(experiment=request.node.name)
+
+
+@pytest.fixture
+def client(store_root: Path) -> MlflowClient:
+    return MlflowClient(f"sqlite:///{store_root / 'mlflow.db'}")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_tracking_uri_comes_from_config_then_environment_then_a_database_under_root(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://from-env:5000")
+    assert resolve_tracking_uri(MlflowConfig(tracking_uri="http://cfg:5000"), tmp_path) == (
+        "http://cfg:5000"
+    )
+    assert resolve_tracking_uri(MlflowConfig(), tmp_path) == "http://from-env:5000"
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    relative_root = Path(os.path.relpath(tmp_path))
+    assert resolve_tracking_uri(MlflowConfig(), relative_root) == (
+        f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    )
+
+
+def test_git_commit_names_the_checkout_and_marks_uncommitted_changes(tmp_path: Path) -> None:
+    assert git_commit(tmp_path) is None
+    git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    (tmp_path / "params.yaml").write_text("layers: 5\n")
+    subprocess.run([*git, "add", "params.yaml"], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "first"], check=True)
+    head = subprocess.run(
+        [*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    (tmp_path / "untracked.txt").write_text("not a change to the commit")
+    assert git_commit(tmp_path) == head
+    (tmp_path / "params.yaml").write_text("layers: 4\n")
+    assert git_commit(tmp_path) == f"{head}-dirty"
+
+
+def test_params_are_flattened_with_dotted_keys_and_cut_to_mlflows_limit() -> None:
+    flat = flatten_params({"a": {"b": {"c": 1}}, "long": "x" * 7000, "none": None})
+    assert flat == {"a.b.c": "1", "long": "x" * 6000, "none": "None"}
+
+
+def test_a_run_records_params_tags_metrics_artifacts_and_a_loadable_generator(
+    cfg: MlflowConfig,
+    store_root: Path,
+    client: MlflowClient,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    run = start(cfg, store_root)
+    assert run.run_id is not None
+    run.log_metrics({"G/loss": 1.5, "D/loss": float("nan")}, step=10)
+    run.log_metrics({"G/loss": 0.5}, step=20)
+    (tmp_path / "params.yaml").write_text("layers: 3\n")
+    grids = tmp_path / "samples"
+    grids.mkdir()
+    (grids / "000010.png").write_bytes(b"png")
+    run.log_artifact(tmp_path / "params.yaml")
+    run.log_artifact(grids, artifact_path="figures")
+    generator = Generator(1, 7, 4, 1)
+    # The user's own MLflow setting, which logging the generator must leave as it was.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'elsewhere.db'}")
+    run.log_generator(generator, registered_name=cfg.experiment)
+    run.end()
+    assert mlflow.get_tracking_uri() == f"sqlite:///{tmp_path / 'elsewhere.db'}"
+
+    assert run.failures == 0
+    logged = client.get_run(run.run_id)
+    assert logged.info.status == "FINISHED"
+    assert logged.info.run_name == "test-run"
+    assert client.get_experiment(logged.info.experiment_id).name == cfg.experiment
+    assert logged.data.params == {
+        "layers": "3",
+        "model.g_conv_dim": "4",
+        "model.g_layers": "None",
+        "train.g_lr": "0.0001",
+    }
+    assert TAGS.items() <= logged.data.tags.items()
+    history = client.get_metric_history(run.run_id, "G/loss")
+    assert [(m.step, m.value) for m in history] == [(10, 1.5), (20, 0.5)]
+    assert np.isnan(client.get_metric_history(run.run_id, "D/loss")[0].value)
+    assert {a.path for a in client.list_artifacts(run.run_id)} >= {"params.yaml", "figures"}
+    assert [a.path for a in client.list_artifacts(run.run_id, "figures/samples")] == [
+        "figures/samples/000010.png"
+    ]
+    artifact_dir = Path(logged.info.artifact_uri.removeprefix("file://"))
+    assert artifact_dir.is_relative_to(store_root / "mlruns")
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", client.tracking_uri)
+    loaded = mlflow.pytorch.load_model(f"models:/{cfg.experiment}/1")
+    faces, targets = torch.rand(2, 1, 16, 16) * 2 - 1, torch.eye(7)[[3, 5]]
+    with torch.no_grad():
+        assert torch.equal(loaded(faces, targets), generator(faces, targets))
+    version = client.get_model_version(cfg.experiment, "1")
+    assert version.run_id == run.run_id
+
+
+def test_a_resumed_run_is_the_same_run_and_its_metrics_continue(
+    cfg: MlflowConfig, store_root: Path, client: MlflowClient
+) -> None:
+    first = start(cfg, store_root)
+    first.log_metrics({"G/loss": 2.0}, step=100)
+    first.end("KILLED")
+    assert client.get_run(first.run_id).info.status == "KILLED"
+
+    resumed = start(cfg, store_root, run_id=first.run_id)
+    assert resumed.run_id == first.run_id
+    assert client.get_run(first.run_id).info.status == "RUNNING"
+    resumed.log_metrics({"G/loss": 1.0}, step=200)
+    resumed.end()
+
+    assert resumed.failures == 0
+    assert client.get_run(first.run_id).info.status == "FINISHED"
+    history = client.get_metric_history(first.run_id, "G/loss")
+    assert [(m.step, m.value) for m in history] == [(100, 2.0), (200, 1.0)]
+    assert client.get_run(first.run_id).data.params["layers"] == "3"
+
+
+def test_an_unknown_run_id_starts_a_new_run(
+    cfg: MlflowConfig, store_root: Path, client: MlflowClient
+) -> None:
+    run = start(cfg, store_root, run_id="0" * 32)
+    assert run.run_id not in (None, "0" * 32)
+    assert client.get_run(run.run_id).info.status == "RUNNING"
+
+
+def test_attach_adds_artifacts_to_a_finished_run_without_reopening_it(
+    cfg: MlflowConfig, store_root: Path, client: MlflowClient, tmp_path: Path
+) -> None:
+    training = start(cfg, store_root)
+    training.end()
+    report = tmp_path / "eval.json"
+    report.write_text("{}")
+
+    evaluation = TrainingRun.attach(cfg, store_root, training.run_id)
+    evaluation.log_artifact(report, artifact_path="metrics")
+    evaluation.log_metrics({"eval/accuracy": 0.5}, step=0)
+
+    assert evaluation.failures == 0
+    finished = client.get_run(training.run_id)
+    assert finished.info.status == "FINISHED"
+    assert finished.data.metrics == {"eval/accuracy": 0.5}
+    assert [a.path for a in client.list_artifacts(training.run_id, "metrics")] == [
+        "metrics/eval.json"
+    ]
+
+
+def test_attach_to_a_missing_run_reports_one_line_and_does_nothing(
+    cfg: MlflowConfig, store_root: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    run = TrainingRun.attach(cfg, store_root, "f" * 32)
+    run.log_metrics({"eval/accuracy": 0.5}, step=0)
+
+    assert run.run_id is None
+    assert run.failures == 1
+    report = capfd.readouterr().err.strip().splitlines()
+    assert len(report) == 1
+    assert "f" * 32 in report[0]
+
+
+@pytest.fixture
+def mlflow_server(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A real tracking server with proxied artifacts, in its own process group."""
+    port = free_port()
+    command = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1"]
+    command += ["--port", str(port), "--workers", "1", "--serve-artifacts"]
+    command += ["--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}"]
+    command += ["--artifacts-destination", str(tmp_path / "artifacts")]
+    server = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_healthy(url, server)
+        yield url, server
+    finally:
+        stop(server)
+
+
+def wait_until_healthy(url: str, server: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and server.poll() is None:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=1) as reply:
+                if reply.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.25)
+    raise RuntimeError(f"mlflow server at {url} did not come up")
+
+
+def stop(server: subprocess.Popen[bytes]) -> None:
+    if server.poll() is None:
+        os.killpg(server.pid, signal.SIGKILL)
+    server.wait()
+
+
+def test_training_goes_on_when_the_tracking_server_dies(
+    mlflow_server: tuple[str, subprocess.Popen[bytes]],
+    tmp_path: Path,
+    capfd: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    url, server = mlflow_server
+    cfg = MlflowConfig(tracking_uri=url)
+    run = start(cfg, tmp_path)
+    run.log_metrics({"G/loss": 1.0, "D/loss": float("nan")}, step=1)
+    (tmp_path / "params.yaml").write_text("layers: 3\n")
+    run.log_artifact(tmp_path / "params.yaml")
+    run.log_generator(Generator(1, 7, 4, 1), registered_name="over-http")
+    remote = MlflowClient(url)
+    assert run.failures == 0
+    assert [a.path for a in remote.list_artifacts(run.run_id)] == ["params.yaml"]
+    assert capfd.readouterr().err == ""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+    assert isinstance(mlflow.pytorch.load_model("models:/over-http/1"), Generator)
+    capfd.readouterr()  # the download's progress bar
+
+    stop(server)
+    run.log_metrics({"G/loss": 0.5}, step=2)
+    run.log_metrics({"G/loss": 0.25}, step=3)
+    run.end()
+
+    assert run.failures == 3
+    report = capfd.readouterr().err.strip().splitlines()
+    assert len(report) == 1
+    assert url in report[0]
+
+
+def test_an_unreachable_server_at_start_gives_a_run_without_id_quickly(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    began = time.monotonic()
+    run = start(MlflowConfig(tracking_uri=url), tmp_path)
+    run.log_metrics({"G/loss": 1.0}, step=1)
+    run.end()
+
+    assert time.monotonic() - began < 20
+    assert run.run_id is None
+    assert run.failures == 1
+    report = capfd.readouterr().err.strip().splitlines()
+    assert len(report) == 1
+    assert url in report[0]
+    assert "Connection refused" in report[0]
