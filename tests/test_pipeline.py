@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from mlflow import MlflowClient
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL_DEMO = {
@@ -17,6 +18,16 @@ SMALL_DEMO = {
     "fer_train_per_emotion": 12,
     "fer_test_per_emotion": 4,
 }
+# Seconds of training, not minutes: the point is the pipeline, not the faces.
+SMALL_TRAIN = {
+    "num_iters": 4,
+    "num_iters_decay": 2,
+    "batch_size": 4,
+    "log_step": 2,
+    "sample_step": 2,
+    "checkpoint_step": 2,
+}
+SMALL_LAYERS = 2
 GIT_IDENTITY = {
     "GIT_AUTHOR_NAME": "emogan tests",
     "GIT_AUTHOR_EMAIL": "tests@emogan.invalid",
@@ -27,6 +38,7 @@ GIT_IDENTITY = {
 
 def _run(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, **GIT_IDENTITY}
+    env.pop("MLFLOW_TRACKING_URI", None)  # the stages' default store: <project>/mlflow.db
     # The stages call `emogan`, which lives beside this interpreter.
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
     result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
@@ -46,6 +58,10 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
             shutil.copy2(ROOT / name, dest / name)
     params = yaml.safe_load((dest / "params.yaml").read_text())
     params["demo"].update(SMALL_DEMO)
+    params["layers"] = SMALL_LAYERS
+    params["model"].update(g_conv_dim=4, d_conv_dim=4)
+    params["train"].update(SMALL_TRAIN)
+    params["sample"]["rows"] = 2
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     _run(["git", "init", "-q"], dest)
     _run(["git", "add", "-A"], dest)
@@ -80,6 +96,13 @@ def test_repro_builds_the_pipeline_and_a_second_repro_does_nothing(project: Path
     assert dataset["all"]["custom"]["total"] == reviewed["kept"] + reviewed["relabelled"]
     index = (project / "data/processed/index.csv").read_text().splitlines()
     assert len(index) - 1 == dataset["all"]["all"]["total"]
+    trained = _metrics(project, "train")
+    assert (trained["iterations"], trained["resumed_from"]) == (SMALL_TRAIN["num_iters"], 0)
+    assert (project / "models/stargan/generator.pt").is_file()
+    losses = (project / "metrics/train_loss.csv").read_text().splitlines()
+    assert [row.split(",")[0] for row in losses[1:]] == ["2", "4"]
+    samples = {path.name for path in (project / "metrics/samples").iterdir()}
+    assert {"all.png", "happy.png"} <= samples
 
     before = _tree_state(project / "data")
     second = _run(["dvc", "repro"], project)
@@ -90,7 +113,8 @@ def test_repro_builds_the_pipeline_and_a_second_repro_does_nothing(project: Path
 
 @pytest.mark.slow
 def test_exp_run_overrides_a_param_and_records_an_experiment(project: Path) -> None:
-    _run(["dvc", "exp", "run", "-n", "seed1", "-S", "demo.seed=1"], project)
+    _run(["dvc", "repro"], project)  # the baseline: a no-op after the first test
+    _run(["dvc", "exp", "run", "-n", "seed1", "-S", "demo.seed=1", "-S", "layers=1"], project)
     shown = json.loads(_run(["dvc", "exp", "show", "--json"], project).stdout)
     experiments = [
         exp
@@ -101,7 +125,30 @@ def test_exp_run_overrides_a_param_and_records_an_experiment(project: Path) -> N
     assert experiments, shown
     revision = experiments[0]["revs"][0]["data"]
     assert revision["params"]["params.yaml"]["data"]["demo"]["seed"] == 1
+    assert revision["params"]["params.yaml"]["data"]["layers"] == 1
     assert revision["metrics"]["metrics/dataset.json"]["data"]["all"]["all"]["total"] > 0
+    assert (
+        revision["metrics"]["metrics/train.json"]["data"]["iterations"] == SMALL_TRAIN["num_iters"]
+    )
+
+    # Each training is its own MLflow run in the project's store, with its samples and model.
+    store = f"sqlite:///{project / 'mlflow.db'}"
+    client = MlflowClient(store, registry_uri=store)
+    runs = client.search_runs([client.get_experiment_by_name("emogan").experiment_id])
+    [experiment] = [run for run in runs if run.data.tags.get("dvc_exp_name") == "seed1"]
+    baseline = next(run for run in runs if run.data.params["layers"] == str(SMALL_LAYERS))
+    assert experiment.data.params["layers"] == "1"
+    assert experiment.data.params["num_iters"] == str(SMALL_TRAIN["num_iters"])
+    assert experiment.data.tags["data_hash"] != baseline.data.tags["data_hash"]
+    registered = {v.run_id for v in client.search_model_versions("name='emogan-stargan'")}
+    for run in (baseline, experiment):
+        run_id = run.info.run_id
+        assert run.info.status == "FINISHED"
+        assert [m.step for m in client.get_metric_history(run_id, "G/loss_rec")] == [2, 4]
+        logged = {a.path for folder in ("samples", "samples/final")
+                  for a in client.list_artifacts(run_id, folder)}  # fmt: skip
+        assert {"samples/iter_4.png", "samples/final/all.png"} <= logged
+        assert run_id in registered
 
 
 @pytest.mark.slow

@@ -282,6 +282,91 @@ def merge(ctx: click.Context, reviewed: Path, out: Path, metrics: Path) -> None:
     _report(merge_dataset(params.fer2013, params.merge, params.image_size, reviewed, out, metrics))
 
 
+@cli.command()
+@click.option(
+    "--data",
+    type=OutPath,
+    default=Path("data/processed"),
+    show_default=True,
+    help="The merge stage's output folder (train/ and test/ per emotion, index.csv).",
+)
+@click.option(
+    "--out",
+    type=OutPath,
+    default=Path("models/stargan"),
+    show_default=True,
+    help="Folder for generator.pt, discriminator.pt, config.json and run.json.",
+)
+@click.option(
+    "--checkpoints",
+    type=OutPath,
+    default=Path("models/checkpoints"),
+    show_default=True,
+    help="Resumable checkpoints, one sub-folder per configuration; a relative path is taken "
+    "from the project root ($DVC_ROOT), so queued experiments share them.",
+)
+@click.option(
+    "--metrics",
+    type=OutPath,
+    default=Path("metrics/train.json"),
+    show_default=True,
+    help="Final losses, iterations and speed.",
+)
+@click.option(
+    "--loss-log",
+    type=OutPath,
+    default=Path("metrics/train_loss.csv"),
+    show_default=True,
+    help="Average losses at every train.log_step, for `dvc plots show`.",
+)
+@click.pass_context
+def train(
+    ctx: click.Context, data: Path, out: Path, checkpoints: Path, metrics: Path, loss_log: Path
+) -> None:
+    """Train the StarGAN (model, train), tracked in MLflow (mlflow).
+
+    Resumes this configuration's checkpoint when there is one; SIGTERM stops after writing one.
+    """
+    params = _params(ctx)
+    from emogan.stargan.train import train_stargan
+
+    _report(train_stargan(params, data, out, checkpoints, metrics, loss_log))
+
+
+@cli.command()
+@click.option(
+    "--model",
+    type=OutPath,
+    default=Path("models/stargan"),
+    show_default=True,
+    help="The train stage's output folder.",
+)
+@click.option(
+    "--data",
+    type=OutPath,
+    default=Path("data/processed"),
+    show_default=True,
+    help="The merge stage's output folder; its test faces are translated.",
+)
+@click.option(
+    "--out",
+    type=OutPath,
+    default=Path("metrics/samples"),
+    show_default=True,
+    help="Folder for all.png and one <emotion>.png per source emotion.",
+)
+@click.pass_context
+def samples(ctx: click.Context, model: Path, data: Path, out: Path) -> None:
+    """Draw translation grids: each row a test face and its translation into all 7 emotions.
+
+    Logs them to the training's MLflow run under samples/final/.
+    """
+    params = _params(ctx)
+    from emogan.stargan.sample import make_samples
+
+    _report(make_samples(params, model, data, out))
+
+
 @cli.group()
 def bench() -> None:
     """Measure speed and quality goals; results belong in BENCHMARKS.md."""
@@ -324,6 +409,43 @@ def bench_merge(work_dir: Path, rows: int) -> None:
     from emogan.bench.merge import bench_merge as run_bench
 
     _report(run_bench(work_dir, rows))
+
+
+@bench.command("learning")
+@click.option(
+    "--data",
+    type=OutPath,
+    default=Path("data/processed"),
+    show_default=True,
+    help="The merge stage's output folder.",
+)
+@click.option(
+    "--iterations",
+    type=click.IntRange(min=1),
+    default=2000,
+    show_default=True,
+    help="Iterations to train (train.num_iters_decay is scaled to match).",
+)
+@click.option(
+    "--every",
+    type=click.IntRange(min=1),
+    default=500,
+    show_default=True,
+    help="Score the generator every this many iterations.",
+)
+@click.option(
+    "--grids", type=OutPath, default=None, help="Folder for a translation grid at every score."
+)
+@click.pass_context
+def bench_learning(
+    ctx: click.Context, data: Path, iterations: int, every: int, grids: Path | None
+) -> None:
+    """Learning curve of params.yaml's StarGAN: an independent judge's target accuracy of the
+    translations, and how much of each face they keep."""
+    params = _params(ctx)
+    from emogan.bench.learning import bench_learning as run_bench
+
+    _report(run_bench(params, data, iterations, every, grids))
 
 
 def main() -> None:

@@ -104,10 +104,12 @@ def _small_cnn(width: int = CNN_WIDTH) -> nn.Module:
     )  # fmt: skip
 
 
-def _standardized(images: torch.Tensor) -> torch.Tensor:
+class _Standardize(nn.Module):
     """Zero mean, unit deviation per image: removes overall brightness and contrast."""
-    mean = images.mean((1, 2, 3), keepdim=True)
-    return (images - mean) / (images.std((1, 2, 3), keepdim=True) + 1e-3)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        mean = images.mean((1, 2, 3), keepdim=True)
+        return (images - mean) / (images.std((1, 2, 3), keepdim=True) + 1e-3)
 
 
 def _fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, epochs: int) -> None:
@@ -128,23 +130,31 @@ def _fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, epochs: i
             schedule.step()
 
 
+def train_judge(
+    images: torch.Tensor, labels: torch.Tensor, seed: int = 0, epochs: int = EPOCHS
+) -> nn.Module:
+    """A small CNN trained on (images, labels), in eval mode. Inputs are standardized per image
+    inside the model, so any intensity range works ([0, 1] pixels or the GAN's [-1, 1])."""
+    torch.set_num_threads(2)
+    torch.manual_seed(seed)
+    model = nn.Sequential(_Standardize(), _small_cnn()).to(images.device)
+    _fit(model, images, labels, epochs)
+    return model.eval()
+
+
 def classifier_scores(fer_csv: Path, seed: int = 0, epochs: int = EPOCHS) -> dict[str, float]:
     """Train a small CNN on the Training rows; report accuracy on PublicTest + PrivateTest.
 
     Nothing is chosen on the test rows (fixed epochs and schedule, no early stopping), so the
     accuracy is an honest measure of how learnable the faces are.
     """
-    torch.set_num_threads(2)
-    torch.manual_seed(seed)
     fer = read_fer2013(Fer2013Config(path=Path(fer_csv)))  # Training vs PublicTest+PrivateTest
-    images = _standardized(torch.from_numpy(np.stack(fer.images)[:, None]).float() / 255)
+    images = torch.from_numpy(np.stack(fer.images)[:, None]).float() / 255
     labels = torch.from_numpy(fer.labels)
     train = torch.tensor([split == "train" for split in fer.splits])
-    model = _small_cnn()
     start = time.perf_counter()
-    _fit(model, images[train], labels[train], epochs)
+    model = train_judge(images[train], labels[train], seed, epochs)
     train_s = time.perf_counter() - start
-    model.eval()
     with torch.no_grad():
         predicted = torch.cat([model(x).argmax(1) for x in images[~train].split(256)])
     return {

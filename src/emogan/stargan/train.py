@@ -1,21 +1,59 @@
 """StarGAN training: the official losses and update order, one D update per iteration and a G
-update every n_critic, with the data resident on the training device."""
+update every n_critic, with the data resident on the training device.
+
+`train_stargan` is the train stage: the loop from top to bottom, resumable from a checkpoint of
+the same configuration (see checkpoint.py), stopped cleanly by SIGTERM, tracked in MLflow.
+"""
 
 import csv
+import io
+import json
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+import yaml
 from PIL import Image
+from tqdm import tqdm
 
+from emogan import atomic
 from emogan.config import Params, TrainConfig
+from emogan.device import resolve_device
 from emogan.emotions import EMOTIONS
 from emogan.errors import EmoganError
+from emogan.stargan.checkpoint import (
+    Progress,
+    checkpoint_path,
+    config_fingerprint,
+    dataset_hash,
+    load_checkpoint,
+    save_checkpoint,
+)
+from emogan.stargan.grid import encode_png, pick_faces, translation_grid
 from emogan.stargan.model import Discriminator, Generator, check_architecture
+from emogan.tracking import TrainingRun, git_commit, resolve_tracking_uri
 
 C_DIM = len(EMOTIONS)
+REGISTERED_MODEL = "emogan-stargan"  # the MLflow model registry name of the generator
+LOSS_NAMES = ("D/loss_real", "D/loss_fake", "D/loss_cls", "D/loss_gp",
+              "G/loss_fake", "G/loss_rec", "G/loss_cls")  # fmt: skip
+PROGRESS_LOSSES = ("D/loss_cls", "G/loss_rec", "G/loss_cls")  # shown beside the progress bar
+DEFAULT_DATA_DIR = Path("data/processed")
+DEFAULT_OUT_DIR = Path("models/stargan")
+DEFAULT_CHECKPOINT_DIR = Path("models/checkpoints")
+DEFAULT_METRICS_PATH = Path("metrics/train.json")
+DEFAULT_LOSS_LOG = Path("metrics/train_loss.csv")
 
 
 @dataclass
@@ -142,3 +180,274 @@ def train_iteration(
         nets.g_optimizer.step()
         losses |= {"G/loss_fake": g_loss_fake, "G/loss_rec": g_loss_rec, "G/loss_cls": g_loss_cls}
     return {name: value.detach() for name, value in losses.items()}
+
+
+def train_stargan(
+    params: Params,
+    data_dir: Path = DEFAULT_DATA_DIR,
+    out_dir: Path = DEFAULT_OUT_DIR,
+    checkpoint_dir: Path = DEFAULT_CHECKPOINT_DIR,
+    metrics_path: Path = DEFAULT_METRICS_PATH,
+    loss_log: Path = DEFAULT_LOSS_LOG,
+) -> dict:
+    """Train G and D on data_dir's train split, resuming this configuration's checkpoint when
+    there is one. Writes out_dir (generator.pt, discriminator.pt, config.json, run.json), the
+    final losses and speed to metrics_path and the loss averages of every log step to loss_log;
+    returns the metrics. A relative checkpoint_dir is taken from the project root."""
+    cfg = params.train
+    config = resolved_config(params)
+    root = project_root()
+    device = resolve_device(cfg.device, "train.device")
+    data_dir = Path(data_dir)
+    data = load_split(data_dir, "train", device)
+    check_images(data, config["channels"], params.image_size, data_dir, "params.yaml")
+    test = load_split(data_dir, "test", device)
+    # The progress grids show fixed test faces, one per emotion, picked with their own generator.
+    faces, face_labels = pick_faces(test.images, test.labels, C_DIM, cfg.seed)
+    data_hash = dataset_hash(data_dir)
+    config_id = config_fingerprint(config, data_hash)
+    # Under the project root even when DVC runs a queued experiment in a temporary copy of it,
+    # so that the next run of this configuration, wherever it runs, finds the checkpoint.
+    ckpt_path = checkpoint_path(root / checkpoint_dir, config_id)
+
+    torch.manual_seed(cfg.seed)
+    nets = build_networks(params, config["channels"], device)
+    generator = torch.Generator(device).manual_seed(cfg.seed)  # drives batches, targets, GP mix
+    progress = load_checkpoint(ckpt_path, config_id, vars(nets), generator) or Progress()
+    start, loss_rows, saved_at = progress.iteration, progress.loss_rows, progress.iteration
+    if start:
+        print(f"resuming from iteration {start}", file=sys.stderr)
+    window = LossWindow(device, progress.window)
+    exp_name = os.environ.get("DVC_EXP_NAME")
+    run = TrainingRun.start(
+        params.mlflow,
+        root,
+        run_id=progress.run_id,
+        run_name=f"stargan-L{params.layers}-{exp_name or config_id[:8]}",
+        params={"layers": params.layers, **config},
+        tags=_run_tags(root, data_hash, config_id, device, exp_name),
+    )
+    _write_loss_log(Path(loss_log), loss_rows)
+
+    t0 = time.perf_counter()
+    bar = tqdm(total=cfg.num_iters, initial=start, desc="train", unit="it", disable=None)
+    try:
+        with _sigterm_flag() as stop:
+            for i in range(start, cfg.num_iters):
+                done = i + 1  # logs, grids and checkpoints count iterations done
+                x_real, label_org = sample_batch(data, cfg.batch_size, generator)
+                window.add(done, train_iteration(nets, x_real, label_org, cfg, i, generator))
+                if done % cfg.log_step == 0 or done == cfg.num_iters:
+                    since, averages = window.read()  # the loop's only wait for the device
+                    _check_finite(averages, since, done, ckpt_path, saved_at)
+                    loss_rows.append({"iteration": done, **averages})
+                    _append_loss_row(Path(loss_log), loss_rows[-1])
+                    run.log_metrics(averages, step=done)
+                    bar.update(done - bar.n)
+                    shown = [name for name in PROGRESS_LOSSES if name in averages]
+                    bar.set_postfix({name: f"{averages[name]:.3g}" for name in shown})
+                if done % cfg.sample_step == 0:
+                    grid = translation_grid(nets.G, faces, face_labels)
+                    _log_bytes(run, f"iter_{done}.png", encode_png(grid), "samples")
+                if done % cfg.checkpoint_step == 0 or done == cfg.num_iters or stop.is_set():
+                    # Never replace a good checkpoint with a diverged state.
+                    _check_finite(
+                        window.sums | _weights(nets), saved_at + 1, done, ckpt_path, saved_at
+                    )
+                    progress = Progress(done, run.run_id, loss_rows, window.state())
+                    save_checkpoint(ckpt_path, config_id, vars(nets), generator, progress)
+                    saved_at = done
+                if stop.is_set():
+                    raise Preempted(
+                        f"train: stopped by SIGTERM at iteration {done}; checkpoint written to "
+                        f"{ckpt_path}; run the stage again to resume"
+                    )
+    except BaseException as error:
+        run.end("KILLED" if isinstance(error, Preempted | KeyboardInterrupt) else "FAILED")
+        raise
+    finally:
+        bar.close()
+    wall_s = time.perf_counter() - t0
+
+    last = {name: value for name, value in loss_rows[-1].items() if name != "iteration"}
+    metrics = {
+        "iterations": cfg.num_iters,
+        "resumed_from": start,
+        "wall_s": round(wall_s, 3),
+        "iterations_per_s": round((cfg.num_iters - start) / wall_s, 3),
+        "device": str(device),
+        **last,
+    }
+    run_info = {
+        "mlflow_run_id": run.run_id,
+        "tracking_uri": resolve_tracking_uri(params.mlflow, root),
+        "fingerprint": config_id,
+    }
+    with atomic.atomic_path(Path(out_dir)) as work:
+        work.mkdir()
+        torch.save(nets.G.state_dict(), work / "generator.pt")
+        torch.save(nets.D.state_dict(), work / "discriminator.pt")
+        (work / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        (work / "run.json").write_text(json.dumps(run_info, indent=2, sort_keys=True) + "\n")
+    atomic.write_json(Path(metrics_path), metrics)
+    run.log_artifact(Path(loss_log))
+    params_yaml = yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False)
+    _log_bytes(run, "params.yaml", params_yaml.encode("utf-8"))
+    run.log_artifact(ckpt_path, "checkpoint")
+    run.log_generator(nets.G, REGISTERED_MODEL)
+    run.end("FINISHED")
+    # The run is complete and its checkpoint is in MLflow; a new run of this configuration
+    # (DVC reruns only when a dependency changed) starts from scratch.
+    shutil.rmtree(ckpt_path.parent)
+    return metrics
+
+
+class Preempted(EmoganError):
+    """SIGTERM stopped training after writing a checkpoint; running the stage again resumes."""
+
+
+class LossWindow:
+    """The loss terms summed on the device since the last log step, so that the loop waits for
+    the device only when it reads them."""
+
+    def __init__(self, device: torch.device, state: Mapping | None = None) -> None:
+        self.first: int | None = None  # the first iteration summed
+        self.sums: dict[str, torch.Tensor] = {}
+        self.counts: dict[str, int] = {}  # the G terms come every n_critic iterations only
+        if state:
+            self.first, self.counts = state["first"], dict(state["counts"])
+            self.sums = {name: total.to(device) for name, total in state["sums"].items()}
+
+    def add(self, iteration: int, losses: Mapping[str, torch.Tensor]) -> None:
+        self.first = self.first or iteration
+        for name, value in losses.items():
+            self.sums[name] = self.sums[name] + value if name in self.sums else value
+            self.counts[name] = self.counts.get(name, 0) + 1
+
+    def read(self) -> tuple[int, dict[str, float]]:
+        """The first iteration summed and each loss's average, in LOSS_NAMES order; then
+        starts a new window."""
+        names = [name for name in LOSS_NAMES if name in self.sums]
+        totals = torch.stack([self.sums[name] for name in names]).tolist()
+        averages = {
+            name: total / self.counts[name] for name, total in zip(names, totals, strict=True)
+        }
+        first = self.first or 0
+        self.first, self.sums, self.counts = None, {}, {}
+        return first, averages
+
+    def state(self) -> dict:
+        return {
+            "first": self.first,
+            "sums": {name: total.cpu() for name, total in self.sums.items()},
+            "counts": dict(self.counts),
+        }
+
+
+def project_root() -> Path:
+    """The DVC project's root: DVC sets DVC_ROOT for the commands it runs; else the cwd."""
+    return Path(os.environ.get("DVC_ROOT", ".")).resolve()
+
+
+def resolved_config(params: Params) -> dict[str, object]:
+    """Everything the networks and the training are built from, with layers resolved into
+    g_layers and d_layers: out_dir/config.json, the MLflow params, the fingerprint."""
+    return {
+        "channels": params.merge.channels,
+        "image_size": params.image_size,
+        "c_dim": C_DIM,
+        "g_conv_dim": params.model.g_conv_dim,
+        "d_conv_dim": params.model.d_conv_dim,
+        "g_layers": params.g_layers,
+        "d_layers": params.d_layers,
+        **params.train.model_dump(),
+    }
+
+
+def check_images(
+    data: Dataset, channels: int, image_size: int, data_dir: Path, expected_by: str
+) -> None:
+    """Refuse images of another shape than the networks are built for (by `expected_by`)."""
+    expected = "x".join(map(str, (channels, image_size, image_size)))
+    found = "x".join(map(str, data.images.shape[1:]))
+    if found != expected:
+        raise EmoganError(
+            f"{data_dir}: images are {found} (channels x height x width) but {expected_by} "
+            f"expects {expected}; bring them up to date with `dvc repro`"
+        )
+
+
+def _run_tags(
+    root: Path, data_hash: str, config_id: str, device: torch.device, exp_name: str | None
+) -> dict[str, str]:
+    tags = {
+        "data_hash": data_hash,
+        "fingerprint": config_id,
+        "device": str(device),
+        "torch_version": torch.__version__,
+    }
+    if commit := git_commit(root):
+        tags["mlflow.source.git.commit"] = commit  # shown as the run's commit in the MLflow UI
+    if exp_name:
+        tags["dvc_exp_name"] = exp_name
+    return tags
+
+
+@contextmanager
+def _sigterm_flag() -> Iterator[threading.Event]:
+    """An event that SIGTERM sets while the block runs. The handler does nothing else: the
+    loop stops at the end of an iteration, so a preempted machine leaves a checkpoint."""
+    flag = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: flag.set())
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _weights(nets: Networks) -> dict[str, torch.Tensor]:
+    named = [("G", nets.G.named_parameters()), ("D", nets.D.named_parameters())]
+    return {f"{net}.{name}": p.detach() for net, parameters in named for name, p in parameters}
+
+
+def _check_finite(
+    values: Mapping[str, float | torch.Tensor],
+    since: int,
+    done: int,
+    ckpt_path: Path,
+    saved_at: int,
+) -> None:
+    """Stop, naming the first NaN or infinite value, before it reaches a log or a checkpoint."""
+    finite = torch.stack([torch.as_tensor(v).isfinite().all() for v in values.values()]).tolist()
+    bad = [name for name, ok in zip(values, finite, strict=True) if not ok]
+    if bad:
+        kept = (
+            f"the last good checkpoint (iteration {saved_at}) is kept at {ckpt_path}"
+            if saved_at
+            else "no checkpoint was written"
+        )
+        raise EmoganError(
+            f"train: {bad[0]} is NaN or infinite in iterations {since}-{done}; {kept}; "
+            "lower train.g_lr / train.d_lr or check the data"
+        )
+
+
+def _write_loss_log(path: Path, rows: list[dict[str, float]]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, ("iteration", *LOSS_NAMES), restval="")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic.write_text(path, buffer.getvalue())
+
+
+def _append_loss_row(path: Path, row: dict[str, float]) -> None:
+    with path.open("a", newline="", encoding="utf-8") as handle:
+        csv.DictWriter(handle, ("iteration", *LOSS_NAMES), restval="").writerow(row)
+
+
+def _log_bytes(run: TrainingRun, name: str, data: bytes, artifact_path: str | None = None) -> None:
+    """Log data as an MLflow artifact file called name."""
+    with tempfile.TemporaryDirectory() as scratch:
+        path = Path(scratch) / name
+        path.write_bytes(data)
+        run.log_artifact(path, artifact_path)

@@ -1,0 +1,69 @@
+"""The samples stage: translation grids of fixed test faces from the trained generator."""
+
+import json
+from pathlib import Path
+
+import torch
+
+from emogan import atomic
+from emogan.config import Params
+from emogan.emotions import EMOTIONS
+from emogan.errors import EmoganError
+from emogan.stargan.grid import encode_png, pick_faces, translation_grid
+from emogan.stargan.model import Generator
+from emogan.stargan.train import check_images, load_split, project_root
+from emogan.tracking import TrainingRun
+
+DEFAULT_MODEL_DIR = Path("models/stargan")
+DEFAULT_DATA_DIR = Path("data/processed")
+DEFAULT_OUT_DIR = Path("metrics/samples")
+
+
+def make_samples(
+    params: Params,
+    model_dir: Path = DEFAULT_MODEL_DIR,
+    data_dir: Path = DEFAULT_DATA_DIR,
+    out_dir: Path = DEFAULT_OUT_DIR,
+) -> dict:
+    """Write out_dir/all.png (sample.rows test faces spread over the emotions) and, per source
+    emotion, <emotion>.png (test faces of that emotion); log them to the training's MLflow run
+    under samples/final/. out_dir is replaced as a whole."""
+    model_dir, data_dir, out_dir = Path(model_dir), Path(data_dir), Path(out_dir)
+    G, config = load_generator(model_dir)
+    test = load_split(data_dir, "test", torch.device("cpu"))
+    check_images(
+        test, config["channels"], config["image_size"], data_dir, f"{model_dir}/config.json"
+    )
+    rows, seed = params.sample.rows, params.sample.seed
+    grids = {"all": translation_grid(G, *pick_faces(test.images, test.labels, rows, seed))}
+    for label, emotion in enumerate(EMOTIONS):
+        of_emotion = test.labels == label
+        if of_emotion.any():
+            faces = pick_faces(test.images[of_emotion], test.labels[of_emotion], rows, seed)
+            grids[emotion] = translation_grid(G, *faces)
+    with atomic.atomic_path(out_dir) as work:
+        work.mkdir()
+        for name, grid in grids.items():
+            (work / f"{name}.png").write_bytes(encode_png(grid))
+
+    run_id = json.loads((model_dir / "run.json").read_text(encoding="utf-8"))["mlflow_run_id"]
+    if run_id:
+        run = TrainingRun.attach(params.mlflow, project_root(), run_id)
+        for name in grids:
+            run.log_artifact(out_dir / f"{name}.png", "samples/final")
+    return {"grids": sorted(grids), "rows": rows, "out_dir": str(out_dir), "mlflow_run_id": run_id}
+
+
+def load_generator(model_dir: Path) -> tuple[Generator, dict]:
+    """The trained G and the resolved config it was trained with (the train stage's out)."""
+    config_path = Path(model_dir) / "config.json"
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise EmoganError(f"{config_path}: not found (run the train stage first)") from None
+    G = Generator(config["channels"], config["c_dim"], config["g_conv_dim"], config["g_layers"])
+    weights = torch.load(
+        config_path.with_name("generator.pt"), map_location="cpu", weights_only=True
+    )
+    G.load_state_dict(weights)
+    return G, config

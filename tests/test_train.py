@@ -1,0 +1,266 @@
+"""The train stage on a tiny dataset: outputs, MLflow run, resume, SIGTERM, divergence."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from mlflow import MlflowClient
+from stargan_helpers import tiny_params, write_dataset
+
+from emogan.config import Params
+from emogan.errors import EmoganError
+from emogan.stargan import train as train_module
+from emogan.stargan.model import Discriminator, Generator
+from emogan.stargan.train import LOSS_NAMES, REGISTERED_MODEL, train_stargan
+
+
+@dataclass
+class Paths:
+    out: Path
+    checkpoints: Path
+    metrics: Path
+    loss_log: Path
+
+    @classmethod
+    def under(cls, folder: Path) -> "Paths":
+        return cls(folder / "out", folder / "ckpt", folder / "train.json", folder / "loss.csv")
+
+
+def _train(params: Params, data: Path, paths: Paths) -> dict:
+    return train_stargan(params, data, paths.out, paths.checkpoints, paths.metrics, paths.loss_log)
+
+
+def _checkpoints(paths: Paths) -> list[Path]:
+    return sorted(paths.checkpoints.glob("*/checkpoint.pt"))
+
+
+def _stop_with_sigterm_after(monkeypatch: pytest.MonkeyPatch, iterations: int) -> None:
+    """Deliver a real SIGTERM to this process during iteration `iterations`."""
+    real = train_module.train_iteration
+
+    def iteration_then_sigterm(nets, x, labels, cfg, iteration, generator):
+        losses = real(nets, x, labels, cfg, iteration, generator)
+        if iteration + 1 == iterations:
+            signal.raise_signal(signal.SIGTERM)
+        return losses
+
+    monkeypatch.setattr(train_module, "train_iteration", iteration_then_sigterm)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_dataset(tmp_path_factory.mktemp("processed"))
+
+
+@pytest.fixture(scope="module")
+def tracking_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+
+
+@pytest.fixture(scope="module")
+def straight(data: Path, tracking_uri: str, tmp_path_factory: pytest.TempPathFactory) -> Paths:
+    """One uninterrupted run of the tiny configuration."""
+    paths = Paths.under(tmp_path_factory.mktemp("straight"))
+    _train(tiny_params(tracking_uri), data, paths)
+    return paths
+
+
+def test_outputs_load_and_the_checkpoint_is_gone_after_success(straight: Paths) -> None:
+    config = json.loads((straight.out / "config.json").read_text())
+    assert config["channels"] == 1 and config["image_size"] == 16 and config["c_dim"] == 7
+    assert (config["g_layers"], config["d_layers"], config["g_conv_dim"]) == (1, 1, 4)
+    assert config["num_iters"] == 8 and config["lambda_gp"] == 10.0
+    G = Generator(1, 7, config["g_conv_dim"], config["g_layers"])
+    G.load_state_dict(torch.load(straight.out / "generator.pt", weights_only=True))
+    D = Discriminator(1, 16, 7, config["d_conv_dim"], config["d_layers"])
+    D.load_state_dict(torch.load(straight.out / "discriminator.pt", weights_only=True))
+    run = json.loads((straight.out / "run.json").read_text())
+    assert set(run) == {"mlflow_run_id", "tracking_uri", "fingerprint"} and run["mlflow_run_id"]
+
+    metrics = json.loads(straight.metrics.read_text())
+    assert set(metrics) == {"iterations", "resumed_from", "wall_s", "iterations_per_s", "device",
+                            *LOSS_NAMES}  # fmt: skip
+    assert (metrics["iterations"], metrics["resumed_from"], metrics["device"]) == (8, 0, "cpu")
+    rows = straight.loss_log.read_text().splitlines()
+    assert rows[0].split(",") == ["iteration", *LOSS_NAMES]
+    assert [row.split(",")[0] for row in rows[1:]] == ["3", "6", "8"]  # log_step 3, then the end
+    assert float(rows[-1].split(",")[1]) == metrics["D/loss_real"]
+    assert _checkpoints(straight) == []  # the finished run's checkpoint went to MLflow
+
+
+def test_the_mlflow_run_has_params_tags_metrics_artifacts_and_the_model(
+    straight: Paths, tracking_uri: str
+) -> None:
+    client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
+    run_id = json.loads((straight.out / "run.json").read_text())["mlflow_run_id"]
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    params = run.data.params
+    assert (params["layers"], params["g_layers"], params["d_conv_dim"]) == ("1", "1", "4")
+    assert (params["num_iters"], params["image_size"], params["channels"]) == ("8", "16", "1")
+    tags = run.data.tags
+    assert tags["device"] == "cpu" and tags["torch_version"] == torch.__version__
+    assert len(tags["data_hash"]) == 64 and tags["mlflow.source.git.commit"]
+    history = client.get_metric_history(run_id, "D/loss_gp")
+    assert [metric.step for metric in history] == [3, 6, 8]
+    assert [m.step for m in client.get_metric_history(run_id, "G/loss_rec")] == [3, 6, 8]
+    artifacts = {a.path for folder in (None, "samples", "checkpoint")
+                 for a in client.list_artifacts(run_id, folder)}  # fmt: skip
+    assert {"samples/iter_4.png", "samples/iter_8.png", "loss.csv", "params.yaml",
+            "checkpoint/checkpoint.pt"} <= artifacts  # fmt: skip
+    versions = client.search_model_versions(f"name='{REGISTERED_MODEL}'")
+    assert run_id in {version.run_id for version in versions}
+
+
+def test_a_sigterm_stop_and_resume_equals_the_straight_run(
+    straight: Paths,
+    data: Path,
+    tracking_uri: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    paths = Paths.under(tmp_path)
+    handler = signal.getsignal(signal.SIGTERM)
+    _stop_with_sigterm_after(monkeypatch, 4)  # mid log window, after the checkpoint at 3
+    with pytest.raises(EmoganError, match=r"stopped by SIGTERM at iteration 4; checkpoint"):
+        _train(tiny_params(tracking_uri), data, paths)
+    assert signal.getsignal(signal.SIGTERM) is handler
+    assert len(_checkpoints(paths)) == 1
+    run_id = torch.load(_checkpoints(paths)[0], weights_only=True)["progress"]["run_id"]
+    assert MlflowClient(tracking_uri).get_run(run_id).info.status == "KILLED"
+
+    monkeypatch.undo()
+    capsys.readouterr()
+    assert _train(tiny_params(tracking_uri), data, paths)["resumed_from"] == 4
+    assert "resuming from iteration 4\n" in capsys.readouterr().err
+    assert json.loads((paths.out / "run.json").read_text())["mlflow_run_id"] == run_id
+    for name in ("generator.pt", "discriminator.pt"):
+        resumed = torch.load(paths.out / name, weights_only=True)
+        straight_run = torch.load(straight.out / name, weights_only=True)
+        assert all(torch.equal(resumed[key], straight_run[key]) for key in straight_run), name
+    assert paths.loss_log.read_text() == straight.loss_log.read_text()
+
+
+def test_another_configuration_starts_afresh_beside_a_stopped_one(
+    data: Path,
+    tracking_uri: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    paths = Paths.under(tmp_path)
+    _stop_with_sigterm_after(monkeypatch, 3)
+    with pytest.raises(EmoganError, match="stopped by SIGTERM at iteration 3"):
+        _train(tiny_params(tracking_uri), data, paths)
+    [first] = _checkpoints(paths)
+    saved = first.read_bytes()
+
+    capsys.readouterr()
+    _stop_with_sigterm_after(monkeypatch, 1)
+    with pytest.raises(EmoganError, match="stopped by SIGTERM at iteration 1"):
+        _train(tiny_params(tracking_uri, layers=2), data, paths)
+    assert "resuming" not in capsys.readouterr().err
+    assert len(_checkpoints(paths)) == 2 and first.read_bytes() == saved
+
+    # How often to log, sample and checkpoint does not change the weights: this resumes.
+    _stop_with_sigterm_after(monkeypatch, 4)
+    with pytest.raises(EmoganError, match="stopped by SIGTERM at iteration 4"):
+        _train(tiny_params(tracking_uri, log_step=1, sample_step=2, checkpoint_step=5), data, paths)
+    assert "resuming from iteration 3\n" in capsys.readouterr().err
+    assert len(_checkpoints(paths)) == 2
+
+
+@pytest.mark.parametrize(
+    ("log_step", "num_iters", "caught_at"),
+    [(2, 8, "5-6"), (12, 12, "5-8")],  # at a log step; at a checkpoint before any log step
+)
+def test_a_nan_loss_stops_and_keeps_the_last_good_checkpoint(
+    log_step: int,
+    num_iters: int,
+    caught_at: str,
+    data: Path,
+    tracking_uri: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real = train_module.sample_batch
+    batches = 0
+
+    def nan_images_after_4(*args):
+        nonlocal batches
+        batches += 1
+        x, labels = real(*args)
+        return (x * float("nan") if batches > 4 else x), labels
+
+    monkeypatch.setattr(train_module, "sample_batch", nan_images_after_4)
+    params = tiny_params(tracking_uri, log_step=log_step, num_iters=num_iters, checkpoint_step=4)
+    paths = Paths.under(tmp_path)
+    with pytest.raises(EmoganError) as caught:
+        _train(params, data, paths)
+    [kept] = _checkpoints(paths)
+    assert str(caught.value) == (
+        f"train: D/loss_real is NaN or infinite in iterations {caught_at}; the last good "
+        f"checkpoint (iteration 4) is kept at {kept}; "
+        "lower train.g_lr / train.d_lr or check the data"
+    )
+    state = torch.load(kept, weights_only=True)
+    assert state["progress"]["iteration"] == 4
+    assert all(value.isfinite().all() for value in state["state_dicts"]["G"].values())
+    run_id = state["progress"]["run_id"]
+    assert MlflowClient(tracking_uri).get_run(run_id).info.status == "FAILED"
+
+
+def test_missing_data_says_to_run_merge(tracking_uri: str, tmp_path: Path) -> None:
+    with pytest.raises(EmoganError, match=r"index.csv: not found \(run the merge stage first\)"):
+        _train(tiny_params(tracking_uri), tmp_path / "processed", Paths.under(tmp_path))
+
+
+def test_images_of_another_shape_are_refused(data: Path, tracking_uri: str, tmp_path: Path) -> None:
+    params = tiny_params(tracking_uri)
+    rgb = params.model_copy(update={"merge": params.merge.model_copy(update={"channels": 3})})
+    with pytest.raises(EmoganError, match=r"images are 1x16x16 .* but params.yaml expects 3x16x16"):
+        _train(rgb, data, Paths.under(tmp_path))
+
+
+def test_sigterm_to_emogan_train_exits_non_zero_and_a_rerun_resumes(
+    data: Path, tracking_uri: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    paths = Paths.under(tmp_path)
+    command = [
+        Path(sys.executable).with_name("emogan"), "train", "--data", data,
+        "--out", paths.out, "--checkpoints", paths.checkpoints,
+        "--metrics", paths.metrics, "--loss-log", paths.loss_log,
+    ]  # fmt: skip
+    env = {**os.environ, "DVC_ROOT": str(tmp_path)}
+    # Logging and drawing a grid every iteration make the first run slow enough to catch;
+    # they do not change the weights, so the faster second run resumes its checkpoint.
+    slow = tiny_params(tracking_uri, num_iters=300, log_step=1, sample_step=1)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(slow.model_dump(mode="json")))
+    process = subprocess.Popen(command, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not (paths.loss_log.exists() and len(paths.loss_log.read_text().splitlines()) > 2):
+        assert process.poll() is None and time.monotonic() < deadline, process.stderr.read()
+        time.sleep(0.02)
+    process.send_signal(signal.SIGTERM)
+    stderr = process.communicate(timeout=60)[1]
+
+    assert process.returncode != 0, stderr
+    assert "emogan: error: train: stopped by SIGTERM at iteration " in stderr
+    [checkpoint] = _checkpoints(paths)
+    assert f"; checkpoint written to {checkpoint}; run the stage again to resume" in stderr
+    stopped_at = torch.load(checkpoint, weights_only=True)["progress"]["iteration"]
+    assert 2 <= stopped_at < 300
+
+    capsys.readouterr()
+    faster = tiny_params(tracking_uri, num_iters=300, log_step=50, sample_step=300)
+    assert _train(faster, data, paths)["resumed_from"] == stopped_at
+    assert f"resuming from iteration {stopped_at}\n" in capsys.readouterr().err
