@@ -3,14 +3,22 @@
 import dataclasses
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 
 from emogan.config import DEFAULT_PARAMS, Params, load_params
 from emogan.errors import EmoganError
 
+F = TypeVar("F", bound=Callable[..., Any])
 OutPath = click.Path(path_type=Path)
+
+
+def path_option(flag: str, default: str, help: str) -> Callable[[F], F]:
+    """A file or folder option whose default is where dvc.yaml expects it."""
+    return click.option(flag, type=OutPath, default=Path(default), show_default=True, help=help)
 
 
 def _params(ctx: click.Context) -> Params:
@@ -42,13 +50,7 @@ def cli(ctx: click.Context, params: Path) -> None:
 
 
 @cli.command()
-@click.option(
-    "--out",
-    type=OutPath,
-    default=Path("data/demo"),
-    show_default=True,
-    help="Folder to (re)write the demo world into.",
-)
+@path_option("--out", "data/demo", "Folder to (re)write the demo world into.")
 @click.pass_context
 def demo(ctx: click.Context, out: Path) -> None:
     """Draw the offline demo world: scene photos + manifest, a FER2013-format CSV, ground truth."""
@@ -59,20 +61,12 @@ def demo(ctx: click.Context, out: Path) -> None:
 
 
 @cli.group(invoke_without_command=True)
-@click.option(
+@path_option(
     "--out",
-    type=OutPath,
-    default=Path("data/raw"),
-    show_default=True,
-    help="Folder for images/<emotion>/<sha256>.<ext> and the provenance manifest.csv.",
+    "data/raw",
+    "Folder for images/<emotion>/<sha256>.<ext> and the provenance manifest.csv.",
 )
-@click.option(
-    "--metrics",
-    type=OutPath,
-    default=Path("metrics/collect.json"),
-    show_default=True,
-    help="Per-emotion counts and failures by reason.",
-)
+@path_option("--metrics", "metrics/collect.json", "Per-emotion counts and failures by reason.")
 @click.pass_context
 def collect(ctx: click.Context, out: Path, metrics: Path) -> None:
     """Fetch every image of collect.manifest (or collect.from_dir) into data/raw.
@@ -101,26 +95,10 @@ def search(ctx: click.Context) -> None:
 
 
 @cli.command()
-@click.option(
-    "--raw",
-    type=OutPath,
-    default=Path("data/raw"),
-    show_default=True,
-    help="The collect stage's output folder.",
-)
-@click.option(
-    "--out",
-    type=OutPath,
-    default=Path("data/interim/crops"),
-    show_default=True,
-    help="Folder for images/<crop_id>.png and crops.csv.",
-)
-@click.option(
-    "--metrics",
-    type=OutPath,
-    default=Path("metrics/crop.json"),
-    show_default=True,
-    help="Images, faces, faces per image, rejections by reason.",
+@path_option("--raw", "data/raw", "The collect stage's output folder.")
+@path_option("--out", "data/interim/crops", "Folder for images/<crop_id>.png and crops.csv.")
+@path_option(
+    "--metrics", "metrics/crop.json", "Images, faces, faces per image, rejections by reason."
 )
 @click.pass_context
 def crop(ctx: click.Context, raw: Path, out: Path, metrics: Path) -> None:
@@ -132,33 +110,13 @@ def crop(ctx: click.Context, raw: Path, out: Path, metrics: Path) -> None:
 
 
 @cli.command("simulate-review")
-@click.option(
-    "--demo",
-    type=OutPath,
-    default=Path("data/demo"),
-    show_default=True,
-    help="The demo world, whose ground_truth.csv decides.",
-)
-@click.option(
-    "--raw",
-    type=OutPath,
-    default=Path("data/raw"),
-    show_default=True,
-    help="The collect stage's output folder.",
-)
-@click.option(
-    "--crops",
-    type=OutPath,
-    default=Path("data/interim/crops"),
-    show_default=True,
-    help="The crop stage's output folder.",
-)
-@click.option(
+@path_option("--demo", "data/demo", "The demo world, whose ground_truth.csv decides.")
+@path_option("--raw", "data/raw", "The collect stage's output folder.")
+@path_option("--crops", "data/interim/crops", "The crop stage's output folder.")
+@path_option(
     "--metrics",
-    type=OutPath,
-    default=Path("metrics/simulated_review.json"),
-    show_default=True,
-    help="Decisions per action and the crop stage's face recall.",
+    "metrics/simulated_review.json",
+    "Decisions per action and the crop stage's face recall.",
 )
 @click.pass_context
 def simulate_review(ctx: click.Context, demo: Path, raw: Path, crops: Path, metrics: Path) -> None:
@@ -173,26 +131,12 @@ def simulate_review(ctx: click.Context, demo: Path, raw: Path, crops: Path, metr
 
 
 @cli.group(invoke_without_command=True)
-@click.option(
-    "--crops",
-    type=OutPath,
-    default=Path("data/interim/crops"),
-    show_default=True,
-    help="The crop stage's output folder.",
+@path_option("--crops", "data/interim/crops", "The crop stage's output folder.")
+@path_option(
+    "--out", "data/interim/reviewed", "Folder for <emotion>/<crop_id>.png and reviewed.csv."
 )
-@click.option(
-    "--out",
-    type=OutPath,
-    default=Path("data/interim/reviewed"),
-    show_default=True,
-    help="Folder for <emotion>/<crop_id>.png and reviewed.csv.",
-)
-@click.option(
-    "--metrics",
-    type=OutPath,
-    default=Path("metrics/review.json"),
-    show_default=True,
-    help="Kept, dropped, relabelled, unreviewed and stale counts.",
+@path_option(
+    "--metrics", "metrics/review.json", "Kept, dropped, relabelled, unreviewed and stale counts."
 )
 @click.pass_context
 def review(ctx: click.Context, crops: Path, out: Path, metrics: Path) -> None:
@@ -209,19 +153,9 @@ def review(ctx: click.Context, crops: Path, out: Path, metrics: Path) -> None:
 
 
 @review.command()
-@click.option(
-    "--crops",
-    type=OutPath,
-    default=Path("data/interim/crops"),
-    show_default=True,
-    help="The crop stage's output folder.",
-)
-@click.option(
-    "--raw",
-    type=OutPath,
-    default=Path("data/raw"),
-    show_default=True,
-    help="The collect stage's output folder (source photos shown for context).",
+@path_option("--crops", "data/interim/crops", "The crop stage's output folder.")
+@path_option(
+    "--raw", "data/raw", "The collect stage's output folder (source photos shown for context)."
 )
 @click.option(
     "--host",
@@ -252,27 +186,9 @@ def serve(
 
 
 @cli.command()
-@click.option(
-    "--reviewed",
-    type=OutPath,
-    default=Path("data/interim/reviewed"),
-    show_default=True,
-    help="The review stage's output folder.",
-)
-@click.option(
-    "--out",
-    type=OutPath,
-    default=Path("data/processed"),
-    show_default=True,
-    help="Folder for train/ and test/ per emotion and index.csv.",
-)
-@click.option(
-    "--metrics",
-    type=OutPath,
-    default=Path("metrics/dataset.json"),
-    show_default=True,
-    help="Class counts per split and source.",
-)
+@path_option("--reviewed", "data/interim/reviewed", "The review stage's output folder.")
+@path_option("--out", "data/processed", "Folder for train/ and test/ per emotion and index.csv.")
+@path_option("--metrics", "metrics/dataset.json", "Class counts per split and source.")
 @click.pass_context
 def merge(ctx: click.Context, reviewed: Path, out: Path, metrics: Path) -> None:
     """Merge FER2013 (fer2013.path) with the reviewed crops at image_size, train/ and test/."""
@@ -283,41 +199,27 @@ def merge(ctx: click.Context, reviewed: Path, out: Path, metrics: Path) -> None:
 
 
 @cli.command()
-@click.option(
+@path_option(
     "--data",
-    type=OutPath,
-    default=Path("data/processed"),
-    show_default=True,
-    help="The merge stage's output folder (train/ and test/ per emotion, index.csv).",
+    "data/processed",
+    "The merge stage's output folder (train/ and test/ per emotion, index.csv).",
 )
-@click.option(
+@path_option(
     "--out",
-    type=OutPath,
-    default=Path("models/stargan"),
-    show_default=True,
-    help="Folder for generator.pt, discriminator.pt, config.json and run.json.",
+    "models/stargan",
+    "Folder for generator.pt, discriminator.pt, config.json and run.json.",
 )
-@click.option(
+@path_option(
     "--checkpoints",
-    type=OutPath,
-    default=Path("models/checkpoints"),
-    show_default=True,
-    help="Resumable checkpoints, one sub-folder per configuration; a relative path is taken "
-    "from the project root ($DVC_ROOT), so queued experiments share them.",
+    "models/checkpoints",
+    "Resumable checkpoints, one sub-folder per configuration; a relative path is taken from"
+    " the project root ($DVC_ROOT), so queued experiments share them.",
 )
-@click.option(
-    "--metrics",
-    type=OutPath,
-    default=Path("metrics/train.json"),
-    show_default=True,
-    help="Final losses, iterations and speed.",
-)
-@click.option(
+@path_option("--metrics", "metrics/train.json", "Final losses, iterations and speed.")
+@path_option(
     "--loss-log",
-    type=OutPath,
-    default=Path("metrics/train_loss.csv"),
-    show_default=True,
-    help="Average losses at every train.log_step, for `dvc plots show`.",
+    "metrics/train_loss.csv",
+    "Average losses at every train.log_step, for `dvc plots show`.",
 )
 @click.pass_context
 def train(
@@ -334,26 +236,12 @@ def train(
 
 
 @cli.command()
-@click.option(
-    "--model",
-    type=OutPath,
-    default=Path("models/stargan"),
-    show_default=True,
-    help="The train stage's output folder.",
+@path_option("--model", "models/stargan", "The train stage's output folder.")
+@path_option(
+    "--data", "data/processed", "The merge stage's output folder; its test faces are translated."
 )
-@click.option(
-    "--data",
-    type=OutPath,
-    default=Path("data/processed"),
-    show_default=True,
-    help="The merge stage's output folder; its test faces are translated.",
-)
-@click.option(
-    "--out",
-    type=OutPath,
-    default=Path("metrics/samples"),
-    show_default=True,
-    help="Folder for all.png and one <emotion>.png per source emotion.",
+@path_option(
+    "--out", "metrics/samples", "Folder for all.png and one <emotion>.png per source emotion."
 )
 @click.pass_context
 def samples(ctx: click.Context, model: Path, data: Path, out: Path) -> None:
@@ -373,13 +261,7 @@ def bench() -> None:
 
 
 @bench.command("demo")
-@click.option(
-    "--work-dir",
-    type=OutPath,
-    default=Path("data/bench/demo"),
-    show_default=True,
-    help="Scratch folder for the generated world.",
-)
+@path_option("--work-dir", "data/bench/demo", "Scratch folder for the generated world.")
 @click.pass_context
 def bench_demo(ctx: click.Context, work_dir: Path) -> None:
     """Time the demo world; MTCNN recall on its faces; a small CNN's accuracy on its FER CSV."""
@@ -390,12 +272,8 @@ def bench_demo(ctx: click.Context, work_dir: Path) -> None:
 
 
 @bench.command("merge")
-@click.option(
-    "--work-dir",
-    type=OutPath,
-    default=Path("data/bench/merge"),
-    show_default=True,
-    help="Scratch folder for the generated CSV and the merged output.",
+@path_option(
+    "--work-dir", "data/bench/merge", "Scratch folder for the generated CSV and the merged output."
 )
 @click.option(
     "--rows",
@@ -412,13 +290,7 @@ def bench_merge(work_dir: Path, rows: int) -> None:
 
 
 @bench.command("learning")
-@click.option(
-    "--data",
-    type=OutPath,
-    default=Path("data/processed"),
-    show_default=True,
-    help="The merge stage's output folder.",
-)
+@path_option("--data", "data/processed", "The merge stage's output folder.")
 @click.option(
     "--iterations",
     type=click.IntRange(min=1),
