@@ -320,6 +320,32 @@ def bench_learning(
     _report(run_bench(params, data, iterations, every, grids))
 
 
+@bench.command("train")
+@path_option("--data", "data/processed", "The merge stage's output folder.")
+@click.option(
+    "--iterations",
+    type=click.IntRange(min=1),
+    default=50,
+    show_default=True,
+    help="Timed iterations.",
+)
+@click.option(
+    "--warmup",
+    type=click.IntRange(min=0),
+    default=5,
+    show_default=True,
+    help="Untimed iterations first.",
+)
+@click.pass_context
+def bench_train(ctx: click.Context, data: Path, iterations: int, warmup: int) -> None:
+    """Milliseconds per iteration of params.yaml's StarGAN on train.device, and the projected
+    time of the thesis's 200,000 iterations."""
+    params = _params(ctx)
+    from emogan.bench.train import bench_train as run_bench
+
+    _report(run_bench(params, data, iterations, warmup))
+
+
 def main() -> None:
     try:
         cli.main(prog_name="emogan")

@@ -1,0 +1,31 @@
+"""The training benchmarks on a tiny dataset: what they report is consistent and complete."""
+
+from pathlib import Path
+
+from stargan_helpers import tiny_params, write_dataset
+
+from emogan.bench.learning import bench_learning
+from emogan.bench.train import THESIS_ITERATIONS, bench_train
+
+
+def test_bench_train_reports_ms_per_iteration_and_the_thesis_projection(tmp_path: Path) -> None:
+    data = write_dataset(tmp_path / "processed")
+    report = bench_train(tiny_params("sqlite:///unused.db"), data, iterations=3, warmup=1)
+    assert report["device"] == "cpu" and report["layers"] == 1
+    assert report["ms_per_iteration"] > 0
+    expected = report["ms_per_iteration"] * THESIS_ITERATIONS / 60_000
+    assert abs(report["projected_200k_iterations_min"] - expected) < 0.1
+
+
+def test_bench_learning_scores_every_step_and_writes_grids(tmp_path: Path) -> None:
+    data = write_dataset(tmp_path / "processed", train_per_emotion=6)
+    params = tiny_params("sqlite:///unused.db")
+    report = bench_learning(params, data, iterations=5, every=2, grids_dir=tmp_path / "grids")
+    assert [point["iteration"] for point in report["curve"]] == [2, 4, 5]
+    for point in report["curve"]:
+        assert 0.0 <= point["target_accuracy"] <= 1.0
+        assert 0.0 < point["keep_l1"] <= 2.0 and 0.0 < point["cycle_l1"] <= 2.0
+    assert report["chance"] == round(1 / 7, 4)
+    assert sorted(p.name for p in (tmp_path / "grids").iterdir()) == [
+        "iter_2.png", "iter_4.png", "iter_5.png"
+    ]  # fmt: skip
