@@ -12,6 +12,7 @@ from PIL import Image
 from emogan.config import load_params
 from emogan.data.collect import collect_images
 from emogan.data.crop import crop_faces
+from emogan.data.simulated_review import box_iou
 
 ROOT = Path(__file__).resolve().parents[1]
 HOPPER = Path(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
@@ -47,13 +48,6 @@ def _group_photo() -> tuple[Image.Image, list[tuple[float, ...]]]:
     return canvas, faces
 
 
-def _iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
-    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    area = lambda box: (box[2] - box[0]) * (box[3] - box[1])  # noqa: E731
-    return w * h / (area(a) + area(b) - w * h)
-
-
 def _collect(tmp_path: Path, photos: dict[str, Image.Image], **save: object) -> Path:
     """Run the real collect stage over a from_dir folder of `photos` (name -> image)."""
     folder = tmp_path / "photos"
@@ -81,7 +75,7 @@ def test_every_face_of_a_group_photo_is_cropped(tmp_path: Path) -> None:
     assert len(rows) == len(COPIES) == metrics["faces"]
     for face in faces:
         boxes = [tuple(float(row[k]) for k in ("x1", "y1", "x2", "y2")) for row in rows]
-        assert max(_iou(face, box) for box in boxes) > 0.6, face
+        assert max(box_iou(face, box) for box in boxes) > 0.6, face
     for row in rows:
         crop = Image.open(out / row["path"])
         assert crop.size == (int(row["crop_size"]),) * 2
