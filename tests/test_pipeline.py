@@ -62,6 +62,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     params["model"].update(g_conv_dim=4, d_conv_dim=4)
     params["train"].update(SMALL_TRAIN)
     params["sample"]["rows"] = 2
+    params["classifier"]["epochs"] = 2
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     _run(["git", "init", "-q"], dest)
     _run(["git", "add", "-A"], dest)
@@ -103,6 +104,10 @@ def test_repro_builds_the_pipeline_and_a_second_repro_does_nothing(project: Path
     assert [row.split(",")[0] for row in losses[1:]] == ["2", "4"]
     samples = {path.name for path in (project / "metrics/samples").iterdir()}
     assert {"all.png", "happy.png"} <= samples
+    judged = _metrics(project, "classifier")
+    confusion = (project / "metrics/classifier_confusion.csv").read_text().splitlines()
+    assert len(confusion) - 1 == judged["test_images"] > 0
+    assert (project / "models/classifier/classifier.pt").is_file()
 
     before = _tree_state(project / "data")
     second = _run(["dvc", "repro"], project)
@@ -135,6 +140,7 @@ def test_exp_run_overrides_a_param_and_records_an_experiment(project: Path) -> N
     store = f"sqlite:///{project / 'mlflow.db'}"
     client = MlflowClient(store, registry_uri=store)
     runs = client.search_runs([client.get_experiment_by_name("emogan").experiment_id])
+    runs = [run for run in runs if run.info.run_name.startswith("stargan")]  # not classifier's
     [experiment] = [run for run in runs if run.data.tags.get("dvc_exp_name") == "seed1"]
     baseline = next(run for run in runs if run.data.params["layers"] == str(SMALL_LAYERS))
     assert experiment.data.params["layers"] == "1"

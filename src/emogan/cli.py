@@ -255,6 +255,32 @@ def samples(ctx: click.Context, model: Path, data: Path, out: Path) -> None:
     _report(make_samples(params, model, data, out))
 
 
+@cli.command()
+@path_option("--data", "data/processed", "The merge stage's output folder.")
+@path_option("--out", "models/classifier", "Folder for classifier.pt and config.json.")
+@path_option(
+    "--metrics",
+    "metrics/classifier.json",
+    "Test accuracy, recall per emotion, validation accuracy, epochs and training time.",
+)
+@path_option(
+    "--confusion",
+    "metrics/classifier_confusion.csv",
+    "One actual,predicted row per test image, for `dvc plots show`.",
+)
+@click.pass_context
+def classifier(ctx: click.Context, data: Path, out: Path, metrics: Path, confusion: Path) -> None:
+    """Train the emotion classifier (classifier), the evaluation's judge, on the train split.
+
+    The epoch is picked on a held-out share of train; the test split is only scored.
+    Tracked in its own MLflow run (mlflow).
+    """
+    params = _params(ctx)
+    from emogan.classifier import train_classifier
+
+    _report(train_classifier(params, data, out, metrics, confusion))
+
+
 @cli.group()
 def bench() -> None:
     """Measure speed and quality goals; results belong in BENCHMARKS.md."""

@@ -154,6 +154,16 @@ class SampleConfig(Section):
     seed: Int = Field(0, ge=0)
 
 
+class ClassifierConfig(Section):
+    epochs: Int = Field(12, ge=1)  # fixed; the best epoch on validation is kept
+    batch_size: Int = Field(64, ge=1)
+    lr: Float = Field(3e-3, gt=0.0)  # the peak of the one-cycle schedule
+    width: Int = Field(32, ge=1)  # filters of the first block; each later block doubles them
+    val_fraction: Float = Field(0.1, ge=0.0, lt=0.5)  # of each train class, to pick the epoch
+    seed: Int = Field(0, ge=0)
+    device: Str = "auto"
+
+
 class MlflowConfig(Section):
     experiment: Str = "emogan"
     tracking_uri: Str | None = None  # null -> $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db
@@ -171,6 +181,7 @@ class Params(Section):
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     sample: SampleConfig = SampleConfig()
+    classifier: ClassifierConfig = ClassifierConfig()
     mlflow: MlflowConfig = MlflowConfig()
 
     @property

@@ -83,6 +83,19 @@ def git_commit(root: Path) -> str | None:
     return f"{commit}-dirty" if changes else commit
 
 
+def run_tags(
+    root: Path, device: torch.device, exp_name: str | None, data_hash: str
+) -> dict[str, str]:
+    """What every training run records of where it ran: the data, device, torch version, git
+    commit and, under `dvc exp run`, the experiment's name."""
+    tags = {"data_hash": data_hash, "device": str(device), "torch_version": torch.__version__}
+    if commit := git_commit(root):
+        tags["mlflow.source.git.commit"] = commit  # shown as the run's commit in the MLflow UI
+    if exp_name:
+        tags["dvc_exp_name"] = exp_name
+    return tags
+
+
 def _git(root: Path, *args: str) -> str:
     done = subprocess.run(
         ["git", "-C", str(root), *args], capture_output=True, text=True, check=True

@@ -1,8 +1,8 @@
 """Benchmark of the demo world: is it fast to make, do MTCNN and a classifier see what we drew?
 
 Three numbers make the demo trustworthy as a stand-in for real data: generation time, MTCNN's
-recall against the ground-truth faces (with its false positives), and the test accuracy of a
-small CNN trained on the demo's FER2013-format faces (the world must be learnable).
+recall against the ground-truth faces (with its false positives), and the test accuracy of the
+emotion classifier trained on the demo's FER2013-format faces (the world must be learnable).
 """
 
 from __future__ import annotations
@@ -17,20 +17,17 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from emogan.config import DemoConfig, Fer2013Config
+from emogan.classifier import accuracy, fit_classifier
+from emogan.config import ClassifierConfig, DemoConfig, Fer2013Config
 from emogan.data.demo import make_demo
 from emogan.data.detect import DetectedFace, detect_faces, load_detector
 from emogan.data.fer2013 import read_fer2013
 from emogan.data.simulated_review import box_iou
-from emogan.emotions import EMOTIONS
 
 MIN_PROB = 0.9  # detections below this are ignored, as the crop stage would
 MIN_IOU = 0.4  # a detection this close to a ground-truth box found that face
 DETECT_BATCH = 8
-EPOCHS = 10
-BATCH_SIZE = 64
-LEARNING_RATE = 3e-3  # the peak of the one-cycle schedule
-CNN_WIDTH = 32
+EPOCHS = ClassifierConfig().epochs
 
 
 def match_faces(
@@ -89,61 +86,18 @@ def _mean(values: np.ndarray) -> float | None:
     return float(values.mean()) if values.size else None
 
 
-def _small_cnn(width: int = CNN_WIDTH) -> nn.Module:
-    def block(cin: int, cout: int) -> list[nn.Module]:
-        return [
-            nn.Conv2d(cin, cout, 3, padding=1),
-            nn.BatchNorm2d(cout),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-        ]
-
-    return nn.Sequential(
-        *block(1, width), *block(width, 2 * width), *block(2 * width, 4 * width),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4 * width, len(EMOTIONS)),
-    )  # fmt: skip
-
-
-class _Standardize(nn.Module):
-    """Zero mean, unit deviation per image: removes overall brightness and contrast."""
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        mean = images.mean((1, 2, 3), keepdim=True)
-        return (images - mean) / (images.std((1, 2, 3), keepdim=True) + 1e-3)
-
-
-def _fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, epochs: int) -> None:
-    # Balanced class weights, or the rare disgust class is never predicted.
-    counts = torch.bincount(labels, minlength=len(EMOTIONS)).clamp(min=1).float()
-    weight = len(labels) / (len(EMOTIONS) * counts)
-    optimiser = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
-    steps = epochs * -(-len(images) // BATCH_SIZE)
-    # Annealing the rate to ~0 settles BatchNorm's running statistics before evaluation.
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, LEARNING_RATE, steps)
-    model.train()
-    for _ in tqdm(range(epochs), desc="bench classifier", unit="epoch", disable=None):
-        for batch in torch.randperm(len(images)).split(BATCH_SIZE):
-            loss = nn.functional.cross_entropy(model(images[batch]), labels[batch], weight=weight)
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-            schedule.step()
-
-
 def train_judge(
     images: torch.Tensor, labels: torch.Tensor, seed: int = 0, epochs: int = EPOCHS
 ) -> nn.Module:
-    """A small CNN trained on (images, labels), in eval mode. Inputs are standardized per image
-    inside the model, so any intensity range works ([0, 1] pixels or the GAN's [-1, 1])."""
-    torch.set_num_threads(2)
-    torch.manual_seed(seed)
-    model = nn.Sequential(_Standardize(), _small_cnn()).to(images.device)
-    _fit(model, images, labels, epochs)
-    return model.eval()
+    """The project's emotion classifier (emogan.classifier) trained on (images, labels) with
+    classifier's default settings, on the images' device, in eval mode."""
+    cfg = ClassifierConfig(seed=seed, epochs=epochs)
+    return fit_classifier(images, labels, cfg, images.device)
 
 
 def classifier_scores(fer_csv: Path, seed: int = 0, epochs: int = EPOCHS) -> dict[str, float]:
-    """Train a small CNN on the Training rows; report accuracy on PublicTest + PrivateTest.
+    """Train the emotion classifier on the Training rows; report its accuracy on PublicTest +
+    PrivateTest.
 
     Nothing is chosen on the test rows (fixed epochs and schedule, no early stopping), so the
     accuracy is an honest measure of how learnable the faces are.
@@ -155,10 +109,8 @@ def classifier_scores(fer_csv: Path, seed: int = 0, epochs: int = EPOCHS) -> dic
     start = time.perf_counter()
     model = train_judge(images[train], labels[train], seed, epochs)
     train_s = time.perf_counter() - start
-    with torch.no_grad():
-        predicted = torch.cat([model(x).argmax(1) for x in images[~train].split(256)])
     return {
-        "classifier_test_accuracy": float((predicted == labels[~train]).float().mean()),
+        "classifier_test_accuracy": accuracy(model, images[~train], labels[~train]),
         "classifier_train_s": round(train_s, 2),
     }
 

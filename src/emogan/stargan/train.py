@@ -42,7 +42,7 @@ from emogan.stargan.checkpoint import (
 )
 from emogan.stargan.grid import encode_png, pick_faces, translation_grid
 from emogan.stargan.model import Discriminator, Generator, check_architecture
-from emogan.tracking import TrainingRun, git_commit, resolve_tracking_uri
+from emogan.tracking import TrainingRun, resolve_tracking_uri, run_tags
 
 C_DIM = len(EMOTIONS)
 REGISTERED_MODEL = "emogan-stargan"  # the MLflow model registry name of the generator
@@ -225,7 +225,7 @@ def train_stargan(
         run_id=progress.run_id,
         run_name=f"stargan-L{params.layers}-{exp_name or config_id[:8]}",
         params={"layers": params.layers, **config},
-        tags=_run_tags(root, data_hash, config_id, device, exp_name),
+        tags=run_tags(root, device, exp_name, data_hash) | {"fingerprint": config_id},
     )
     _write_loss_log(Path(loss_log), loss_rows)
 
@@ -375,22 +375,6 @@ def check_images(
             f"{data_dir}: images are {found} (channels x height x width) but {expected_by} "
             f"expects {expected}; bring them up to date with `dvc repro`"
         )
-
-
-def _run_tags(
-    root: Path, data_hash: str, config_id: str, device: torch.device, exp_name: str | None
-) -> dict[str, str]:
-    tags = {
-        "data_hash": data_hash,
-        "fingerprint": config_id,
-        "device": str(device),
-        "torch_version": torch.__version__,
-    }
-    if commit := git_commit(root):
-        tags["mlflow.source.git.commit"] = commit  # shown as the run's commit in the MLflow UI
-    if exp_name:
-        tags["dvc_exp_name"] = exp_name
-    return tags
 
 
 @contextmanager
