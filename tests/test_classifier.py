@@ -18,8 +18,8 @@ from emogan.classifier import (
     train_classifier,
 )
 from emogan.config import Params
+from emogan.data.processed import load_split
 from emogan.emotions import EMOTIONS
-from emogan.stargan.train import load_split
 
 TRAIN_PER_EMOTION, TEST_PER_EMOTION = 20, 4
 CPU = torch.device("cpu")

@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from emogan.config import load_params
+from emogan.data.processed import Dataset
 from emogan.errors import EmoganError
 from emogan.stargan.model import Discriminator, Generator, check_architecture
-from emogan.stargan.train import Dataset, build_networks, sample_batch, train_iteration
+from emogan.stargan.train import build_networks, sample_batch, train_iteration
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -11,12 +11,13 @@ from mlflow import MlflowClient
 from PIL import Image
 from stargan_helpers import SIZE, tiny_params, write_dataset
 
+from emogan.data.processed import load_split
 from emogan.emotions import EMOTIONS
 from emogan.errors import EmoganError
 from emogan.stargan.grid import AMBER, GAP, HEADER, Layout, pick_faces, translation_grid
 from emogan.stargan.model import Generator
 from emogan.stargan.sample import make_samples
-from emogan.stargan.train import load_split, resolved_config
+from emogan.stargan.train import resolved_config
 from emogan.tracking import TrainingRun
 
 WHITE = (255, 255, 255)

@@ -22,10 +22,10 @@ from torch import nn
 
 from emogan import atomic
 from emogan.config import ClassifierConfig, Params
+from emogan.data.processed import Dataset, check_images, dataset_hash, load_split
 from emogan.device import resolve_device
 from emogan.emotions import EMOTIONS
-from emogan.stargan.checkpoint import dataset_hash
-from emogan.stargan.train import Dataset, check_images, load_split, project_root
+from emogan.stargan.train import project_root
 from emogan.tracking import TrainingRun, run_tags
 
 DEFAULT_DATA_DIR = Path("data/processed")

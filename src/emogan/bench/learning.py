@@ -17,10 +17,11 @@ import torch.nn.functional as F
 
 from emogan.bench.demo_world import train_judge
 from emogan.config import Params
+from emogan.data.processed import Dataset, load_split
 from emogan.device import resolve_device
 from emogan.emotions import EMOTIONS
 from emogan.stargan.grid import encode_png, pick_faces, translation_grid
-from emogan.stargan.train import Dataset, build_networks, load_split, sample_batch, train_iteration
+from emogan.stargan.train import build_networks, sample_batch, train_iteration
 
 C_DIM = len(EMOTIONS)
 

@@ -6,8 +6,9 @@ from pathlib import Path
 import torch
 
 from emogan.config import Params
+from emogan.data.processed import load_split
 from emogan.device import resolve_device
-from emogan.stargan.train import build_networks, load_split, sample_batch, train_iteration
+from emogan.stargan.train import build_networks, sample_batch, train_iteration
 
 THESIS_ITERATIONS = 200_000
 

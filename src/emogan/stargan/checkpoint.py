@@ -35,19 +35,6 @@ class Progress:
     window: dict | None = None  # losses summed since the last log step (LossWindow.state)
 
 
-def dataset_hash(data_dir: Path) -> str:
-    """sha256 over every file of data_dir (index.csv and the images) with its relative path."""
-    data_dir = Path(data_dir)
-    files = sorted((path.relative_to(data_dir).as_posix(), path) for path in data_dir.rglob("*"))
-    digest = hashlib.sha256()
-    for name, path in files:
-        if path.is_file():
-            data = path.read_bytes()
-            digest.update(f"{name}\0{len(data)}\0".encode())
-            digest.update(data)
-    return digest.hexdigest()
-
-
 def config_fingerprint(config: Mapping[str, object], data_hash: str) -> str:
     """sha256 of the resolved training config, less what does not change the weights, and of
     the data."""

@@ -7,11 +7,12 @@ import torch
 
 from emogan import atomic
 from emogan.config import Params
+from emogan.data.processed import check_images, load_split
 from emogan.emotions import EMOTIONS
 from emogan.errors import EmoganError
 from emogan.stargan.grid import encode_png, pick_faces, translation_grid
 from emogan.stargan.model import Generator
-from emogan.stargan.train import check_images, load_split, project_root
+from emogan.stargan.train import project_root
 from emogan.tracking import TrainingRun
 
 DEFAULT_MODEL_DIR = Path("models/stargan")

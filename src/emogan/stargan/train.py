@@ -20,15 +20,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 import yaml
-from PIL import Image
 from tqdm import tqdm
 
 from emogan import atomic
 from emogan.config import Params, TrainConfig
+from emogan.data.processed import Dataset, check_images, dataset_hash, load_split
 from emogan.device import resolve_device
 from emogan.emotions import EMOTIONS
 from emogan.errors import EmoganError
@@ -36,7 +35,6 @@ from emogan.stargan.checkpoint import (
     Progress,
     checkpoint_path,
     config_fingerprint,
-    dataset_hash,
     load_checkpoint,
     save_checkpoint,
 )
@@ -57,35 +55,11 @@ DEFAULT_LOSS_LOG = Path("metrics/train_loss.csv")
 
 
 @dataclass
-class Dataset:
-    images: torch.Tensor  # N x C x H x W in [-1, 1], on the training device
-    labels: torch.Tensor  # N, int64
-
-
-@dataclass
 class Networks:
     G: Generator
     D: Discriminator
     g_optimizer: torch.optim.Adam
     d_optimizer: torch.optim.Adam
-
-
-def load_split(data_dir: Path, split: str, device: torch.device) -> Dataset:
-    """Every image of one split of data/processed, read once into one tensor."""
-    index = Path(data_dir) / "index.csv"
-    try:
-        with index.open(newline="", encoding="utf-8") as handle:
-            rows = [row for row in csv.DictReader(handle) if row["split"] == split]
-    except FileNotFoundError:
-        raise EmoganError(f"{index}: not found (run the merge stage first)") from None
-    if not rows:
-        raise EmoganError(f"{index}: no {split} images")
-    pixels = np.stack([np.asarray(Image.open(Path(data_dir) / row["path"])) for row in rows])
-    if pixels.ndim == 3:
-        pixels = pixels[..., None]
-    images = torch.from_numpy(pixels).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
-    labels = torch.tensor([int(row["label"]) for row in rows])
-    return Dataset(images.to(device), labels.to(device))
 
 
 def build_networks(params: Params, channels: int, device: torch.device) -> Networks:
@@ -362,19 +336,6 @@ def resolved_config(params: Params) -> dict[str, object]:
         "d_layers": params.d_layers,
         **params.train.model_dump(),
     }
-
-
-def check_images(
-    data: Dataset, channels: int, image_size: int, data_dir: Path, expected_by: str
-) -> None:
-    """Refuse images of another shape than the networks are built for (by `expected_by`)."""
-    expected = "x".join(map(str, (channels, image_size, image_size)))
-    found = "x".join(map(str, data.images.shape[1:]))
-    if found != expected:
-        raise EmoganError(
-            f"{data_dir}: images are {found} (channels x height x width) but {expected_by} "
-            f"expects {expected}; bring them up to date with `dvc repro`"
-        )
 
 
 @contextmanager

@@ -1,0 +1,63 @@
+"""data/processed, the merge stage's output, as the training stages read it: each split once
+into one tensor, checked against the shape the networks are built for, and hashed."""
+
+import csv
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from emogan.errors import EmoganError
+
+
+@dataclass
+class Dataset:
+    images: torch.Tensor  # N x C x H x W in [-1, 1], on the training device
+    labels: torch.Tensor  # N, int64
+
+
+def load_split(data_dir: Path, split: str, device: torch.device) -> Dataset:
+    """Every image of one split of data/processed, read once into one tensor."""
+    index = Path(data_dir) / "index.csv"
+    try:
+        with index.open(newline="", encoding="utf-8") as handle:
+            rows = [row for row in csv.DictReader(handle) if row["split"] == split]
+    except FileNotFoundError:
+        raise EmoganError(f"{index}: not found (run the merge stage first)") from None
+    if not rows:
+        raise EmoganError(f"{index}: no {split} images")
+    pixels = np.stack([np.asarray(Image.open(Path(data_dir) / row["path"])) for row in rows])
+    if pixels.ndim == 3:
+        pixels = pixels[..., None]
+    images = torch.from_numpy(pixels).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+    labels = torch.tensor([int(row["label"]) for row in rows])
+    return Dataset(images.to(device), labels.to(device))
+
+
+def check_images(
+    data: Dataset, channels: int, image_size: int, data_dir: Path, expected_by: str
+) -> None:
+    """Refuse images of another shape than the networks are built for (by `expected_by`)."""
+    expected = "x".join(map(str, (channels, image_size, image_size)))
+    found = "x".join(map(str, data.images.shape[1:]))
+    if found != expected:
+        raise EmoganError(
+            f"{data_dir}: images are {found} (channels x height x width) but {expected_by} "
+            f"expects {expected}; bring them up to date with `dvc repro`"
+        )
+
+
+def dataset_hash(data_dir: Path) -> str:
+    """sha256 over every file of data_dir (index.csv and the images) with its relative path."""
+    data_dir = Path(data_dir)
+    files = sorted((path.relative_to(data_dir).as_posix(), path) for path in data_dir.rglob("*"))
+    digest = hashlib.sha256()
+    for name, path in files:
+        if path.is_file():
+            data = path.read_bytes()
+            digest.update(f"{name}\0{len(data)}\0".encode())
+            digest.update(data)
+    return digest.hexdigest()
