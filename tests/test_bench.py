@@ -23,7 +23,7 @@ def test_bench_learning_scores_every_step_and_writes_grids(tmp_path: Path) -> No
     report = bench_learning(params, data, iterations=5, every=2, grids_dir=tmp_path / "grids")
     assert [point["iteration"] for point in report["curve"]] == [2, 4, 5]
     for point in report["curve"]:
-        assert 0.0 <= point["target_accuracy"] <= 1.0
+        assert 0.0 <= point["target_accuracy_changed"] <= 1.0 and point["fid_classifier"] > 0.0
         assert 0.0 < point["keep_l1"] <= 2.0 and 0.0 < point["cycle_l1"] <= 2.0
     assert report["chance"] == round(1 / 7, 4)
     assert sorted(p.name for p in (tmp_path / "grids").iterdir()) == [

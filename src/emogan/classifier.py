@@ -90,6 +90,13 @@ def classify(model: nn.Module, images: torch.Tensor, batch: int = 256) -> torch.
     return torch.cat([model(x.to(device)).argmax(1) for x in images.split(batch)]).cpu()
 
 
+def embed(model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(features, logits) of images: the pooled activations before the last layer, as FID's
+    Inception features are, and the class logits computed from them."""
+    features = model[:-1](images)
+    return features, model[-1](features)
+
+
 def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
     """The share of images classified as their label."""
     return (classify(model, images) == labels.cpu()).float().mean().item()

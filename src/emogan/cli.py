@@ -281,6 +281,36 @@ def classifier(ctx: click.Context, data: Path, out: Path, metrics: Path, confusi
     _report(train_classifier(params, data, out, metrics, confusion))
 
 
+@cli.command()
+@path_option("--model", "models/stargan", "The train stage's output folder.")
+@path_option("--classifier", "models/classifier", "The classifier stage's output folder.")
+@path_option(
+    "--data", "data/processed", "The merge stage's output folder; its test faces are translated."
+)
+@path_option(
+    "--metrics",
+    "metrics/eval.json",
+    "Target accuracy (overall, changed pairs, per target), keep, cycle and identity L1, FID.",
+)
+@path_option(
+    "--confusion",
+    "metrics/eval_confusion.csv",
+    "One target,predicted row per translation, for `dvc plots show`.",
+)
+@click.pass_context
+def evaluate(
+    ctx: click.Context, model: Path, classifier: Path, data: Path, metrics: Path, confusion: Path
+) -> None:
+    """Translate every test face into every emotion and score it with the classifier (evaluate).
+
+    The metrics are also logged to the training's MLflow run as eval/...
+    """
+    params = _params(ctx)
+    from emogan.evaluate import evaluate_translations
+
+    _report(evaluate_translations(params, model, classifier, data, metrics, confusion))
+
+
 @cli.group()
 def bench() -> None:
     """Measure speed and quality goals; results belong in BENCHMARKS.md."""

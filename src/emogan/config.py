@@ -164,6 +164,11 @@ class ClassifierConfig(Section):
     device: Str = "auto"
 
 
+class EvaluateConfig(Section):
+    batch_size: Int = Field(256, ge=1)  # test faces translated at once
+    device: Str = "auto"
+
+
 class MlflowConfig(Section):
     experiment: Str = "emogan"
     tracking_uri: Str | None = None  # null -> $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db
@@ -182,6 +187,7 @@ class Params(Section):
     train: TrainConfig = TrainConfig()
     sample: SampleConfig = SampleConfig()
     classifier: ClassifierConfig = ClassifierConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
     mlflow: MlflowConfig = MlflowConfig()
 
     @property

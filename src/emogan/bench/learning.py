@@ -1,48 +1,29 @@
 """How fast a StarGAN config learns: a learning curve measured by an independent judge.
 
-A small CNN judge is trained on the real training images of data/processed. Every `every`
-iterations the generator translates every test face into every other emotion, and we report
-- target accuracy: the share of those translations the judge assigns to the target emotion;
-- keep L1: mean |translation - input| in [-1, 1] units. A judge can be fooled by a G that
-  paints class-specific noise over the face, so accuracy means little while keep L1 is large;
-- cycle L1: mean |G(G(x, target), source) - x|.
-A grid per evaluation (the samples stage's layout) lets you see what the numbers mean.
+A judge (the classifier stage's network) is trained on the real training images of
+data/processed. Every `every` iterations the generator translates every test face into every
+emotion and the evaluate stage's metrics are computed (see emogan.evaluate: target accuracy over
+changed pairs, keep L1, cycle L1, FID in the judge's features). A grid per evaluation (the samples
+stage's layout) lets you see what the numbers mean.
 """
 
 import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from emogan.bench.demo_world import train_judge
+from emogan.classifier import embed
 from emogan.config import Params
-from emogan.data.processed import Dataset, load_split
+from emogan.data.processed import load_split
 from emogan.device import resolve_device
 from emogan.emotions import EMOTIONS
+from emogan.evaluate import score_translations, translate_test_set
 from emogan.stargan.grid import encode_png, pick_faces, translation_grid
 from emogan.stargan.train import build_networks, sample_batch, train_iteration
 
 C_DIM = len(EMOTIONS)
-
-
-@torch.no_grad()
-def translation_scores(G: torch.nn.Module, test: Dataset, judge: torch.nn.Module) -> dict:
-    hits = changed = keep = cycle = 0.0
-    for target in range(C_DIM):
-        other = test.labels != target
-        faces, labels = test.images[other], test.labels[other]
-        fakes = G(faces, F.one_hot(torch.full_like(labels, target), C_DIM).float())
-        hits += (judge(fakes).argmax(1) == target).sum().item()
-        keep += (fakes - faces).abs().mean((1, 2, 3)).sum().item()
-        back = G(fakes, F.one_hot(labels, C_DIM).float())
-        cycle += (back - faces).abs().mean((1, 2, 3)).sum().item()
-        changed += len(labels)
-    return {
-        "target_accuracy": round(hits / changed, 4),
-        "keep_l1": round(keep / changed, 4),
-        "cycle_l1": round(cycle / changed, 4),
-    }
+CURVE_METRICS = ("target_accuracy_changed", "keep_l1", "cycle_l1", "fid_classifier")
 
 
 def bench_learning(
@@ -55,7 +36,8 @@ def bench_learning(
     test = load_split(data_dir, "test", device)
     judge = train_judge(train.images, train.labels, seed=params.train.seed)
     with torch.no_grad():
-        judge_accuracy = (judge(test.images).argmax(1) == test.labels).float().mean().item()
+        real_features, logits = embed(judge, test.images)
+    judge_accuracy = (logits.argmax(1) == test.labels).float().mean().item()
     decay = round(params.train.num_iters_decay * iterations / params.train.num_iters)
     cfg = params.train.model_copy(update={"num_iters": iterations, "num_iters_decay": decay})
     torch.manual_seed(cfg.seed)
@@ -71,8 +53,9 @@ def bench_learning(
         if device.type == "cuda":
             torch.cuda.synchronize()  # the steps were only queued; time them, not the scoring
         train_s += time.perf_counter() - segment
+        scores = score_translations(translate_test_set(nets.G, test, judge), real_features)
         curve.append({"iteration": iteration + 1, "train_s": round(train_s, 1),
-                      **translation_scores(nets.G, test, judge)})  # fmt: skip
+                      **{key: scores[key] for key in CURVE_METRICS}})  # fmt: skip
         print(curve[-1], flush=True)
         if grids_dir is not None:
             grid = translation_grid(nets.G, faces, labels)

@@ -1,0 +1,148 @@
+"""The evaluate stage: its metrics mean what they say, and a real tiny run is scored and tracked."""
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow import MlflowClient
+from stargan_helpers import tiny_params, write_dataset
+from torch import nn
+
+from emogan.classifier import embed, train_classifier
+from emogan.config import Params
+from emogan.data.processed import load_split
+from emogan.emotions import EMOTIONS
+from emogan.evaluate import (
+    evaluate_translations,
+    frechet_distance,
+    score_translations,
+    translate_test_set,
+)
+from emogan.stargan.train import train_stargan
+
+C = len(EMOTIONS)
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_dataset(tmp_path_factory.mktemp("data"), train_per_emotion=20, test_per_emotion=4)
+
+
+@pytest.fixture(scope="module")
+def params(tmp_path_factory: pytest.TempPathFactory) -> Params:
+    params = tiny_params(f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}")
+    classifier = {"epochs": 6, "batch_size": 16, "val_fraction": 0.25, "device": "cpu"}
+    return params.model_copy(
+        update={
+            "classifier": params.classifier.model_copy(update=classifier),
+            "evaluate": params.evaluate.model_copy(update={"batch_size": 5, "device": "cpu"}),
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def judge_dir(data: Path, params: Params, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("classifier")
+    metrics = train_classifier(
+        params, data, folder / "model", folder / "m.json", folder / "confusion.csv"
+    )
+    assert metrics["test_accuracy"] == 1.0  # the tiny world's classes are bright bands
+    return folder / "model"
+
+
+class _Identity(nn.Module):
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+class _Oracle(nn.Module):
+    """Answers every target with a real test face of that emotion: a perfect translator."""
+
+    def __init__(self, faces: torch.Tensor, labels: torch.Tensor) -> None:
+        super().__init__()
+        self.example = torch.stack([faces[labels == label][0] for label in range(C)])
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        return self.example[c.argmax(1)]
+
+
+def _scores(G: nn.Module, data: Path, judge_dir: Path) -> dict:
+    from emogan.classifier import load_classifier
+
+    judge = load_classifier(judge_dir, CPU)
+    test = load_split(data, "test", CPU)
+    done = translate_test_set(G, test, judge, batch_size=5)
+    with torch.no_grad():
+        real = embed(judge, test.images)[0]
+    return score_translations(done, real)
+
+
+def test_a_generator_that_changes_nothing_hits_only_the_identity_targets(
+    data: Path, judge_dir: Path
+) -> None:
+    scores = _scores(_Identity(), data, judge_dir)
+    assert scores["target_accuracy"] == pytest.approx(1 / C, abs=1e-4)  # the judge is perfect
+    assert scores["target_accuracy_changed"] == 0.0
+    assert set(scores["per_target"].values()) == {0.0}
+    assert scores["keep_l1"] == scores["cycle_l1"] == scores["identity_l1"] == 0.0
+
+
+def test_a_perfect_translator_hits_every_target_and_loses_the_face(
+    data: Path, judge_dir: Path
+) -> None:
+    scores = _scores(_Oracle(*_test_set(data)), data, judge_dir)
+    assert scores["target_accuracy"] == scores["target_accuracy_changed"] == 1.0
+    assert set(scores["per_target"].values()) == {1.0}
+    assert scores["keep_l1"] > 0.1 and scores["cycle_l1"] > 0.1  # other faces, not its own
+    assert scores["identity_l1"] > 0.0
+
+
+def _test_set(data: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    test = load_split(data, "test", CPU)
+    return test.images, test.labels
+
+
+def test_frechet_distance_matches_the_closed_form_for_an_affine_copy() -> None:
+    a = torch.randn(400, 5, generator=torch.Generator().manual_seed(0)) @ torch.randn(5, 5)
+    b = 2 * a + 3
+    # S_b = 4 S_a, so tr(S_a + S_b - 2 (S_a S_b)^1/2) = tr(S_a) (1 + 4 - 4).
+    cov_a = torch.cov(a.double().T)
+    expected = (a.double().mean(0) - b.double().mean(0)).square().sum() + cov_a.trace()
+    assert frechet_distance(a, b) == pytest.approx(expected.item(), rel=1e-6)
+    assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_the_stage_scores_a_trained_model_and_logs_to_its_training_run(
+    data: Path, params: Params, judge_dir: Path, tmp_path: Path
+) -> None:
+    model_dir = tmp_path / "stargan"
+    train_stargan(
+        params, data, model_dir, tmp_path / "ckpt", tmp_path / "t.json", tmp_path / "loss.csv"
+    )
+    metrics_path, confusion_path = tmp_path / "eval.json", tmp_path / "confusion.csv"
+    metrics = evaluate_translations(
+        params, model_dir, judge_dir, data, metrics_path, confusion_path
+    )
+
+    test_images = 4 * C
+    assert metrics["test_images"] == test_images and metrics["translations"] == C * test_images
+    assert json.loads(metrics_path.read_text()) == metrics
+    assert 0.0 <= metrics["target_accuracy"] <= 1.0 and metrics["keep_l1"] > 0.0
+    assert metrics["fid_classifier"] > 0.0 and metrics["fid_classifier_real"] >= 0.0
+    with confusion_path.open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == metrics["translations"]
+    hits = sum(row["target"] == row["predicted"] for row in rows)
+    assert hits / len(rows) == pytest.approx(metrics["target_accuracy"], abs=1e-4)
+
+    run_id = json.loads((model_dir / "run.json").read_text())["mlflow_run_id"]
+    client = MlflowClient(params.mlflow.tracking_uri)
+    logged = client.get_run(run_id).data.metrics
+    assert logged["eval/target_accuracy"] == metrics["target_accuracy"]
+    assert logged["eval/target_accuracy/happy"] == metrics["per_target"]["happy"]
+    history = client.get_metric_history(run_id, "eval/keep_l1")
+    assert [m.step for m in history] == [params.train.num_iters]
+    assert [a.path for a in client.list_artifacts(run_id, "eval")] == ["eval/confusion.csv"]
