@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 import click
 
 from emogan.config import DEFAULT_PARAMS, Params, load_params
+from emogan.emotions import EMOTIONS
 from emogan.errors import EmoganError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -309,6 +310,66 @@ def evaluate(
     from emogan.evaluate import evaluate_translations
 
     _report(evaluate_translations(params, model, classifier, data, metrics, confusion))
+
+
+@cli.command()
+@click.argument("photos", nargs=-1, required=True, type=OutPath)
+@click.option(
+    "--model",
+    default="models/stargan",
+    show_default=True,
+    help="The train stage's output folder, or an MLflow model URI such as"
+    " models:/emogan-stargan/1 or runs:/<run_id>/generator (looked up in mlflow.tracking_uri).",
+)
+@click.option(
+    "--emotion",
+    type=click.Choice(["all", *EMOTIONS]),
+    default="all",
+    show_default=True,
+    help="The emotion to translate every face into, or all seven.",
+)
+@path_option(
+    "--out",
+    "translations",
+    "Folder for <photo>_face<N>.png (a grid per face) and the --paste photos.",
+)
+@click.option(
+    "--paste",
+    is_flag=True,
+    help="Also write <photo>_<emotion>.jpg|png: the photo with every face translated.",
+)
+@click.option(
+    "--min-prob",
+    type=click.FloatRange(0, 1),
+    default=None,
+    help="Smallest MTCNN probability of a face  [default: crop.min_prob]",
+)
+@click.option(
+    "--device",
+    default="auto",
+    show_default=True,
+    help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps.",
+)
+@click.pass_context
+def translate(
+    ctx: click.Context,
+    photos: tuple[Path, ...],
+    model: str,
+    emotion: str,
+    out: Path,
+    paste: bool,
+    min_prob: float | None,
+    device: str,
+) -> None:
+    """Translate every face MTCNN finds in PHOTOS into one emotion or all seven.
+
+    Faces are cropped as the crop stage does (crop.min_size, crop.margin). A photo that cannot
+    be read or shows no face is reported and skipped; the command then exits non-zero.
+    """
+    params = _params(ctx)
+    from emogan.translate import translate_photos
+
+    _report(translate_photos(params, photos, model, emotion, out, paste, min_prob, device))
 
 
 @cli.group()

@@ -28,6 +28,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.utils.time import get_current_time_millis
 
 from emogan.config import MlflowConfig
+from emogan.errors import EmoganError
 
 GENERATOR_ARTIFACT_PATH = "generator"
 MAX_PARAM_CHARS = 6000  # MLflow refuses longer param values, and with them the whole batch
@@ -314,6 +315,29 @@ class TrainingRun:
                     file=sys.stderr,
                 )
             return None
+
+
+def load_logged_generator(
+    model_uri: str, tracking_uri: str
+) -> tuple[torch.nn.Module, dict[str, str]]:
+    """The generator that `TrainingRun.log_generator` logged, on the CPU, and the params of the
+    training run that logged it (channels, image_size, ...). model_uri is any MLflow model URI
+    (`models:/<name>/<version>`, `models:/<name>@<alias>`, `runs:/<run_id>/generator`), resolved
+    in the store at tracking_uri, the registry included. A store that cannot be reached or a URI
+    that does not resolve is an EmoganError of one line."""
+    client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
+    # A command's output, unlike a training's, has no room for a download bar per file.
+    quiet = {**HTTP_SETTINGS, "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+    try:
+        with _environment(quiet), _global_tracking_uri(tracking_uri):
+            run_id = mlflow.models.get_model_info(model_uri).run_id
+            model = mlflow.pytorch.load_model(model_uri, map_location="cpu")
+            params = client.get_run(run_id).data.params if run_id else {}
+    except (MlflowException, OSError) as error:
+        raise EmoganError(
+            f"{model_uri}: cannot load it from the MLflow store {tracking_uri}: {_one_line(error)}"
+        ) from None
+    return model, dict(params)
 
 
 def flatten_params(params: Mapping[str, object], prefix: str = "") -> dict[str, str]:

@@ -2,10 +2,12 @@
 it into each of the 7 emotions, under a header row that names them.
 
 Training draws one of fixed test faces every sample_step; the samples stage draws them from the
-trained generator.
+trained generator; `emogan translate` draws one per face found in a photo, unframed (its emotion
+is unknown) and with only the chosen emotions.
 """
 
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import cv2
@@ -23,15 +25,17 @@ GAP = 4  # white space between faces; the frame marking a face's own emotion lie
 SEPARATOR = 10  # extra space between the input column and the translations, with a line
 BLACK, GRAY, AMBER = (0, 0, 0), (160, 160, 160), (255, 176, 0)
 FONT, FONT_SCALE = cv2.FONT_HERSHEY_SIMPLEX, 0.5
+ALL_TARGETS = tuple(range(len(EMOTIONS)))
 
 
 @dataclass(frozen=True)
 class Layout:
     """Pixel geometry of a grid of `rows` faces of side `size`: a header row, then per face
-    the input and its 7 translations."""
+    the input and its translations into `targets` emotions."""
 
     rows: int
     size: int
+    targets: int = len(EMOTIONS)
 
     @property
     def cell(self) -> int:
@@ -39,10 +43,10 @@ class Layout:
 
     @property
     def shape(self) -> tuple[int, int, int]:
-        return self.top(self.rows), self.left(1 + len(EMOTIONS)), 3
+        return self.top(self.rows), self.left(1 + self.targets), 3
 
     def left(self, column: int) -> int:
-        """x of column 0 (the input) or of column 1 + target emotion."""
+        """x of column 0 (the input) or of column 1 + the target's place among the targets."""
         return GAP + column * (self.cell + GAP) + (SEPARATOR if column else 0)
 
     def top(self, row: int) -> int:
@@ -70,23 +74,31 @@ def pick_faces(
 
 
 @torch.no_grad()
-def translation_grid(G: Generator, faces: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
+def translation_grid(
+    G: Generator,
+    faces: torch.Tensor,
+    labels: torch.Tensor | None,
+    targets: Sequence[int] = ALL_TARGETS,
+) -> np.ndarray:
     """H x W x 3 uint8 RGB: one row per face (N x C x H x W in [-1, 1]), the input and then its
-    translation into every emotion; the translation into the face's own emotion is framed.
+    translation into each of `targets` (emotion labels, all 7 unless told); the translation into the
+    face's own emotion is framed, none when labels is None (faces of unknown emotion).
 
     G's mode does not matter: its InstanceNorm keeps no running statistics (see model.py).
     """
-    n = faces.size(0)
-    targets = torch.arange(len(EMOTIONS), device=faces.device).repeat_interleave(n)
-    fakes = G(faces.repeat(len(EMOTIONS), 1, 1, 1), F.one_hot(targets, len(EMOTIONS)).float())
-    # Column-major: column 0 holds the inputs, column 1 + t the translations into emotion t.
-    columns = _to_rgb(torch.cat([faces, fakes]).view(1 + len(EMOTIONS), *faces.shape))
-    layout = Layout(n, faces.size(-1))
+    n, targets = faces.size(0), tuple(targets)
+    wanted = torch.tensor(targets, device=faces.device).repeat_interleave(n)
+    fakes = G(faces.repeat(len(targets), 1, 1, 1), F.one_hot(wanted, len(EMOTIONS)).float())
+    # Column-major: column 0 holds the inputs, column 1 + i the translations into targets[i].
+    columns = _to_rgb(torch.cat([faces, fakes]).view(1 + len(targets), *faces.shape))
+    layout = Layout(n, faces.size(-1), len(targets))
     grid = np.full(layout.shape, 255, np.uint8)
-    _draw_header(grid, layout)
+    _draw_header(grid, layout, [EMOTIONS[target] for target in targets])
     frame = GAP - 1
-    for row, label in enumerate(labels.tolist()):
-        x, y = layout.left(1 + label), layout.top(row)
+    for row, label in enumerate([] if labels is None else labels.tolist()):
+        if label not in targets:
+            continue
+        x, y = layout.left(1 + targets.index(label)), layout.top(row)
         # A square behind the translation into the face's own emotion: a frame in the gap.
         grid[y - frame : y + layout.cell + frame, x - frame : x + layout.cell + frame] = AMBER
     for column, faces_of_column in enumerate(columns):
@@ -105,8 +117,8 @@ def _to_rgb(images: torch.Tensor) -> np.ndarray:
     return pixels.movedim(-3, -1).contiguous().cpu().numpy()
 
 
-def _draw_header(grid: np.ndarray, layout: Layout) -> None:
-    for column, name in enumerate(("input", *EMOTIONS)):
+def _draw_header(grid: np.ndarray, layout: Layout, targets: Sequence[str]) -> None:
+    for column, name in enumerate(("input", *targets)):
         (width, height), _ = cv2.getTextSize(name, FONT, FONT_SCALE, 1)
         x = layout.left(column) + (layout.cell - width) // 2
         cv2.putText(
