@@ -10,11 +10,16 @@ from emogan.bench.train import THESIS_ITERATIONS, bench_train
 
 def test_bench_train_reports_ms_per_iteration_and_the_thesis_projection(tmp_path: Path) -> None:
     data = write_dataset(tmp_path / "processed")
-    report = bench_train(tiny_params("sqlite:///unused.db"), data, iterations=3, warmup=1)
+    params = tiny_params("sqlite:///unused.db")
+    report = bench_train(params, data, iterations=3, warmup=1, compare_eager=True)
     assert report["device"] == "cpu" and report["layers"] == 1
-    assert report["ms_per_iteration"] > 0
-    expected = report["ms_per_iteration"] * THESIS_ITERATIONS / 60_000
-    assert abs(report["projected_200k_iterations_min"] - expected) < 0.1
+    for path in ("", "eager_"):
+        assert report[f"{path}ms_per_iteration"] > 0
+        expected = report[f"{path}ms_per_iteration"] * THESIS_ITERATIONS / 60_000
+        assert abs(report[f"{path}projected_200k_iterations_min"] - expected) < 0.1
+    ratio = report["eager_ms_per_iteration"] / report["ms_per_iteration"]
+    assert abs(report["speedup"] - ratio) < 0.01
+    assert "eager_ms_per_iteration" not in bench_train(params, data, iterations=1, warmup=0)
 
 
 def test_bench_learning_scores_every_step_and_writes_grids(tmp_path: Path) -> None:

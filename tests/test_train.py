@@ -16,10 +16,18 @@ from mlflow import MlflowClient
 from stargan_helpers import tiny_params, write_dataset
 
 from emogan.config import Params
+from emogan.data.processed import load_split
 from emogan.errors import EmoganError
 from emogan.stargan import train as train_module
 from emogan.stargan.model import Discriminator, Generator
-from emogan.stargan.train import LOSS_NAMES, REGISTERED_MODEL, train_stargan
+from emogan.stargan.train import (
+    LOSS_NAMES,
+    REGISTERED_MODEL,
+    build_networks,
+    sample_batch,
+    train_iteration,
+    train_stargan,
+)
 
 
 @dataclass
@@ -46,8 +54,8 @@ def _stop_with_sigterm_after(monkeypatch: pytest.MonkeyPatch, iterations: int) -
     """Deliver a real SIGTERM to this process during iteration `iterations`."""
     real = train_module.train_iteration
 
-    def iteration_then_sigterm(nets, x, labels, cfg, iteration, generator):
-        losses = real(nets, x, labels, cfg, iteration, generator)
+    def iteration_then_sigterm(nets, x, labels, cfg, iteration, generator, fast=True):
+        losses = real(nets, x, labels, cfg, iteration, generator, fast)
         if iteration + 1 == iterations:
             signal.raise_signal(signal.SIGTERM)
         return losses
@@ -264,3 +272,35 @@ def test_sigterm_to_emogan_train_exits_non_zero_and_a_rerun_resumes(
     faster = tiny_params(tracking_uri, num_iters=300, log_step=50, sample_step=300)
     assert _train(faster, data, paths)["resumed_from"] == stopped_at
     assert f"resuming from iteration {stopped_at}\n" in capsys.readouterr().err
+
+
+def test_the_fast_path_gives_the_eager_loops_losses_and_weights(data: Path) -> None:
+    params = tiny_params("sqlite:///unused.db", layers=2, n_critic=2, batch_size=6)
+    train = load_split(data, "train", torch.device("cpu"))
+    runs = {}
+    for fast in (False, True):
+        torch.manual_seed(0)
+        nets = build_networks(params, 1, torch.device("cpu"), fast)
+        generator = torch.Generator().manual_seed(0)
+        losses = []
+        for i in range(6):
+            x, labels = sample_batch(train, params.train.batch_size, generator)
+            losses.append(train_iteration(nets, x, labels, params.train, i, generator, fast))
+        runs[fast] = losses, nets
+    (eager_losses, eager), (fast_losses, fast) = runs[False], runs[True]
+    weights = [w for w in fast.G.parameters() if w.dim() == 4 and w.size(1) > 1]
+    assert all(w.is_contiguous(memory_format=torch.channels_last) for w in weights)
+    for eager_step, fast_step in zip(eager_losses, fast_losses, strict=True):
+        assert eager_step.keys() == fast_step.keys()
+        for name, value in eager_step.items():
+            torch.testing.assert_close(fast_step[name], value, rtol=1e-4, atol=1e-5, msg=name)
+    # Adam moves a weight by about lr per step whatever the size of its gradient, so a gradient
+    # that is exactly 0 in one path and 1e-10 in the other (the label channels of emotions no
+    # face in the batch has) may end a few lr apart; every other weight agrees to float precision.
+    steps = len(fast_losses)
+    for net in ("G", "D"):
+        eager_weights = torch.cat([w.flatten() for w in getattr(eager, net).parameters()])
+        fast_weights = torch.cat([w.flatten() for w in getattr(fast, net).parameters()])
+        apart = (fast_weights - eager_weights).abs()
+        assert apart.max() <= steps * params.train.g_lr, net
+        assert (apart > 1e-6).float().mean() < 0.01, net

@@ -453,14 +453,22 @@ def bench_learning(
     show_default=True,
     help="Untimed iterations first.",
 )
+@click.option(
+    "--compare-eager",
+    is_flag=True,
+    help="Also time the official code's eager loop on the same config and device; print both"
+    " and the speed-up.",
+)
 @click.pass_context
-def bench_train(ctx: click.Context, data: Path, iterations: int, warmup: int) -> None:
+def bench_train(
+    ctx: click.Context, data: Path, iterations: int, warmup: int, compare_eager: bool
+) -> None:
     """Milliseconds per iteration of params.yaml's StarGAN on train.device, and the projected
     time of the thesis's 200,000 iterations."""
     params = _params(ctx)
     from emogan.bench.train import bench_train as run_bench
 
-    _report(run_bench(params, data, iterations, warmup))
+    _report(run_bench(params, data, iterations, warmup, compare_eager))
 
 
 def main() -> None:

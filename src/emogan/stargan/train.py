@@ -62,19 +62,29 @@ class Networks:
     d_optimizer: torch.optim.Adam
 
 
-def build_networks(params: Params, channels: int, device: torch.device) -> Networks:
+def build_networks(
+    params: Params, channels: int, device: torch.device, fast: bool = True
+) -> Networks:
+    """G, D and their Adam optimizers on device. `fast` lays the networks out channels-last
+    (oneDNN's and cuDNN's quickest convolutions), fuses Adam's update into one kernel on CUDA
+    and allows TF32 matmuls there; the weights and the update are the same math either way."""
     check_architecture(params.image_size, params.d_layers)
     G = Generator(channels, C_DIM, params.model.g_conv_dim, params.g_layers).to(device)
     D = Discriminator(
         channels, params.image_size, C_DIM, params.model.d_conv_dim, params.d_layers
     ).to(device)
+    if fast:
+        G, D = G.to(memory_format=torch.channels_last), D.to(memory_format=torch.channels_last)
+    fused = fast and device.type == "cuda"  # on 2 CPU cores the fused update measured slower
+    if fused:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     cfg = params.train
     betas = (cfg.beta1, cfg.beta2)
     return Networks(
         G,
         D,
-        torch.optim.Adam(G.parameters(), cfg.g_lr, betas),
-        torch.optim.Adam(D.parameters(), cfg.d_lr, betas),
+        torch.optim.Adam(G.parameters(), cfg.g_lr, betas, fused=fused or None),
+        torch.optim.Adam(D.parameters(), cfg.d_lr, betas, fused=fused or None),
     )
 
 
@@ -109,8 +119,12 @@ def train_iteration(
     cfg: TrainConfig,
     iteration: int,
     generator: torch.Generator,
+    fast: bool = True,
 ) -> dict[str, torch.Tensor]:
     """One D update, and a G update when iteration + 1 is a multiple of n_critic.
+
+    `fast` scores the real, fake and interpolated batches in one pass of D; `fast=False` is the
+    official code's order of passes, kept as the reference the fast path is checked against.
 
     Returns the detached loss terms as device tensors: reading them is the caller's choice, so
     the loop need not wait for the device every iteration.
@@ -127,14 +141,22 @@ def train_iteration(
     c_org = F.one_hot(label_org, C_DIM).float()
     c_trg = F.one_hot(label_trg, C_DIM).float()
 
-    out_src, out_cls = D(x_real)
-    d_loss_real = -out_src.mean()
-    d_loss_cls = F.cross_entropy(out_cls, label_org)
-    x_fake = G(x_real, c_trg).detach()
-    d_loss_fake = D(x_fake)[0].mean()
+    with torch.no_grad():  # D's update needs no graph through G
+        x_fake = G(x_real, c_trg)
     alpha = torch.rand(x_real.size(0), 1, 1, 1, device=x_real.device, generator=generator)
     x_hat = (alpha * x_real + (1 - alpha) * x_fake).requires_grad_(True)
-    d_loss_gp = gradient_penalty(D(x_hat)[0], x_hat)
+    if fast:
+        # D has no normalisation, so one pass over the three batches stacked is the same
+        # function as three passes, with a third of the kernel launches and larger GEMMs.
+        out_src, out_cls = D(torch.cat([x_real, x_fake, x_hat]))
+        src_real, src_fake, src_hat = out_src.split(x_real.size(0))
+        cls_real = out_cls[: x_real.size(0)]
+    else:
+        (src_real, cls_real), src_fake, src_hat = D(x_real), D(x_fake)[0], D(x_hat)[0]
+    d_loss_real = -src_real.mean()
+    d_loss_cls = F.cross_entropy(cls_real, label_org)
+    d_loss_fake = src_fake.mean()
+    d_loss_gp = gradient_penalty(src_hat, x_hat)
     d_loss = d_loss_real + d_loss_fake + cfg.lambda_cls * d_loss_cls + cfg.lambda_gp * d_loss_gp
     nets.d_optimizer.zero_grad(set_to_none=True)
     d_loss.backward()
