@@ -15,7 +15,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,9 +28,9 @@ from tqdm import tqdm
 from emogan import atomic
 from emogan.config import Params, TrainConfig
 from emogan.data.processed import Dataset, check_images, dataset_hash, load_split
-from emogan.device import resolve_device
 from emogan.emotions import EMOTIONS
 from emogan.errors import EmoganError
+from emogan.stargan import distributed
 from emogan.stargan.checkpoint import (
     Progress,
     checkpoint_path,
@@ -189,11 +189,27 @@ def train_stargan(
     """Train G and D on data_dir's train split, resuming this configuration's checkpoint when
     there is one. Writes out_dir (generator.pt, discriminator.pt, config.json, run.json), the
     final losses and speed to metrics_path and the loss averages of every log step to loss_log;
-    returns the metrics. A relative checkpoint_dir is taken from the project root."""
+    returns the metrics. A relative checkpoint_dir is taken from the project root.
+
+    Under `torchrun --nproc_per_node=N` (WORLD_SIZE > 1) every rank trains on its own batches
+    with gradients averaged over the ranks, and rank 0 alone writes and logs (distributed.py)."""
+    with distributed.session(params.train.device, "train.device") as world:
+        return _train(params, world, data_dir, out_dir, checkpoint_dir, metrics_path, loss_log)
+
+
+def _train(
+    params: Params,
+    world: distributed.World,
+    data_dir: Path,
+    out_dir: Path,
+    checkpoint_dir: Path,
+    metrics_path: Path,
+    loss_log: Path,
+) -> dict:
     cfg = params.train
     config = resolved_config(params)
     root = project_root()
-    device = resolve_device(cfg.device, "train.device")
+    device = world.device
     data_dir = Path(data_dir)
     data = load_split(data_dir, "train", device)
     check_images(data, config["channels"], params.image_size, data_dir, "params.yaml")
@@ -210,23 +226,30 @@ def train_stargan(
     nets = build_networks(params, config["channels"], device)
     generator = torch.Generator(device).manual_seed(cfg.seed)  # drives batches, targets, GP mix
     progress = load_checkpoint(ckpt_path, config_id, vars(nets), generator) or Progress()
+    world.replicate((nets.G, nets.D), (nets.g_optimizer, nets.d_optimizer))
+    world.split_stream(generator, cfg.seed, progress.iteration)
     start, loss_rows, saved_at = progress.iteration, progress.loss_rows, progress.iteration
-    if start:
+    if start and world.is_main:
         print(f"resuming from iteration {start}", file=sys.stderr)
-    window = LossWindow(device, progress.window)
+    window = LossWindow(device, progress.window, world.mean)
     exp_name = os.environ.get("DVC_EXP_NAME")
-    run = TrainingRun.start(
-        params.mlflow,
-        root,
-        run_id=progress.run_id,
-        run_name=f"stargan-L{params.layers}-{exp_name or config_id[:8]}",
-        params={"layers": params.layers, **config},
-        tags=run_tags(root, device, exp_name, data_hash) | {"fingerprint": config_id},
-    )
-    _write_loss_log(Path(loss_log), loss_rows)
+    run: TrainingRun | _NoRun = _NoRun()  # one MLflow run: rank 0's
+    if world.is_main:
+        run = TrainingRun.start(
+            params.mlflow,
+            root,
+            run_id=progress.run_id,
+            run_name=f"stargan-L{params.layers}-{exp_name or config_id[:8]}",
+            params={"layers": params.layers, **config},
+            tags=run_tags(root, device, exp_name, data_hash)
+            | {"fingerprint": config_id}
+            | world.tags(),
+        )
+        _write_loss_log(Path(loss_log), loss_rows)
 
     t0 = time.perf_counter()
-    bar = tqdm(total=cfg.num_iters, initial=start, desc="train", unit="it", disable=None)
+    hide_bar = None if world.is_main else True  # None: shown on a terminal only
+    bar = tqdm(total=cfg.num_iters, initial=start, desc="train", unit="it", disable=hide_bar)
     try:
         with _sigterm_flag() as stop:
             for i in range(start, cfg.num_iters):
@@ -237,23 +260,28 @@ def train_stargan(
                     since, averages = window.read()  # the loop's only wait for the device
                     _check_finite(averages, since, done, ckpt_path, saved_at)
                     loss_rows.append({"iteration": done, **averages})
-                    _append_loss_row(Path(loss_log), loss_rows[-1])
+                    if world.is_main:
+                        _append_loss_row(Path(loss_log), loss_rows[-1])
                     run.log_metrics(averages, step=done)
                     bar.update(done - bar.n)
                     shown = [name for name in PROGRESS_LOSSES if name in averages]
                     bar.set_postfix({name: f"{averages[name]:.3g}" for name in shown})
-                if done % cfg.sample_step == 0:
+                if world.is_main and done % cfg.sample_step == 0:
                     grid = translation_grid(nets.G, faces, face_labels)
                     _log_bytes(run, f"iter_{done}.png", encode_png(grid), "samples")
-                if done % cfg.checkpoint_step == 0 or done == cfg.num_iters or stop.is_set():
+                stopping = world.any(stop.is_set())  # all ranks stop at the same iteration
+                if done % cfg.checkpoint_step == 0 or done == cfg.num_iters or stopping:
+                    window.pool()  # one window for all ranks, so all take the same decision
                     # Never replace a good checkpoint with a diverged state.
                     _check_finite(
                         window.sums | _weights(nets), saved_at + 1, done, ckpt_path, saved_at
                     )
                     progress = Progress(done, run.run_id, loss_rows, window.state())
-                    save_checkpoint(ckpt_path, config_id, vars(nets), generator, progress)
+                    if world.is_main:
+                        save_checkpoint(ckpt_path, config_id, vars(nets), generator, progress)
                     saved_at = done
-                if stop.is_set():
+                if stopping:
+                    world.barrier()  # no rank exits, and torchrun kills none, before it is saved
                     raise Preempted(
                         f"train: stopped by SIGTERM at iteration {done}; checkpoint written to "
                         f"{ckpt_path}; run the stage again to resume"
@@ -274,6 +302,8 @@ def train_stargan(
         "device": str(device),
         **last,
     }
+    if not world.is_main:
+        return metrics
     run_info = {
         "mlflow_run_id": run.run_id,
         "tracking_uri": resolve_tracking_uri(params.mlflow, root),
@@ -302,11 +332,30 @@ class Preempted(EmoganError):
     """SIGTERM stopped training after writing a checkpoint; running the stage again resumes."""
 
 
+class _NoRun:
+    """What ranks other than 0 track under torchrun: nothing, so a training has one MLflow run."""
+
+    run_id = None
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        pass
+
+    def end(self, status: str = "FINISHED") -> None:
+        pass
+
+
 class LossWindow:
     """The loss terms summed on the device since the last log step, so that the loop waits for
-    the device only when it reads them."""
+    the device only when it reads them. Under torchrun, what it reads is the average over the
+    ranks (`mean`), so every rank logs, and checks for NaN, the same numbers."""
 
-    def __init__(self, device: torch.device, state: Mapping | None = None) -> None:
+    def __init__(
+        self,
+        device: torch.device,
+        state: Mapping | None = None,
+        mean: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
+        self.mean = mean or (lambda tensor: tensor)
         self.first: int | None = None  # the first iteration summed
         self.sums: dict[str, torch.Tensor] = {}
         self.counts: dict[str, int] = {}  # the G terms come every n_critic iterations only
@@ -324,13 +373,21 @@ class LossWindow:
         """The first iteration summed and each loss's average, in LOSS_NAMES order; then
         starts a new window."""
         names = [name for name in LOSS_NAMES if name in self.sums]
-        totals = torch.stack([self.sums[name] for name in names]).tolist()
+        totals = self.mean(torch.stack([self.sums[name] for name in names])).tolist()
         averages = {
             name: total / self.counts[name] for name, total in zip(names, totals, strict=True)
         }
         first = self.first or 0
         self.first, self.sums, self.counts = None, {}, {}
         return first, averages
+
+    def pool(self) -> None:
+        """Replace the sums by their average over the ranks (a no-op in one process): a
+        checkpoint keeps one window for all ranks, which the next read() averages correctly."""
+        names = [name for name in LOSS_NAMES if name in self.sums]
+        if names:
+            pooled = self.mean(torch.stack([self.sums[name] for name in names]))
+            self.sums = dict(zip(names, pooled.unbind(), strict=True))
 
     def state(self) -> dict:
         return {
