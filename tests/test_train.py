@@ -304,3 +304,25 @@ def test_the_fast_path_gives_the_eager_loops_losses_and_weights(data: Path) -> N
         apart = (fast_weights - eager_weights).abs()
         assert apart.max() <= steps * params.train.g_lr, net
         assert (apart > 1e-6).float().mean() < 0.01, net
+
+
+def test_the_identity_loss_is_measured_always_and_trained_only_when_weighted(data: Path) -> None:
+    train = load_split(data, "train", torch.device("cpu"))
+    weights = {}
+    for lambda_id in (0.0, 5.0):
+        params = tiny_params("sqlite:///unused.db", n_critic=1, lambda_id=lambda_id)
+        torch.manual_seed(0)
+        nets = build_networks(params, 1, torch.device("cpu"))
+        generator = torch.Generator().manual_seed(0)
+        x, labels = sample_batch(train, params.train.batch_size, generator)
+        losses = train_iteration(nets, x, labels, params.train, 0, generator)
+        assert losses["G/loss_id"] > 0
+        weights[lambda_id] = nets
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(weights[0.0].D.parameters(), weights[5.0].D.parameters(), strict=True)
+    )  # D's update comes first, before G's losses differ
+    assert not all(
+        torch.equal(a, b)
+        for a, b in zip(weights[0.0].G.parameters(), weights[5.0].G.parameters(), strict=True)
+    )

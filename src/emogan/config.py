@@ -133,6 +133,7 @@ class TrainConfig(Section):
     beta2: Float = Field(0.999, ge=0.0, lt=1.0)
     lambda_cls: Float = Field(1.0, ge=0.0)
     lambda_rec: Float = Field(10.0, ge=0.0)
+    lambda_id: Float = Field(0.0, ge=0.0)  # |G(x, own emotion) - x|; 0 = the official losses
     lambda_gp: Float = Field(10.0, ge=0.0)
     log_step: Int = Field(100, ge=1)
     sample_step: Int = Field(1000, ge=1)

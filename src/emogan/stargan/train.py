@@ -45,7 +45,7 @@ from emogan.tracking import TrainingRun, resolve_tracking_uri, run_tags
 C_DIM = len(EMOTIONS)
 REGISTERED_MODEL = "emogan-stargan"  # the MLflow model registry name of the generator
 LOSS_NAMES = ("D/loss_real", "D/loss_fake", "D/loss_cls", "D/loss_gp",
-              "G/loss_fake", "G/loss_rec", "G/loss_cls")  # fmt: skip
+              "G/loss_fake", "G/loss_rec", "G/loss_cls", "G/loss_id")  # fmt: skip
 PROGRESS_LOSSES = ("D/loss_cls", "G/loss_rec", "G/loss_cls")  # shown beside the progress bar
 DEFAULT_DATA_DIR = Path("data/processed")
 DEFAULT_OUT_DIR = Path("models/stargan")
@@ -171,10 +171,19 @@ def train_iteration(
         g_loss_cls = F.cross_entropy(out_cls, label_trg)
         g_loss_rec = (x_real - G(x_fake, c_org)).abs().mean()
         g_loss = g_loss_fake + cfg.lambda_rec * g_loss_rec + cfg.lambda_cls * g_loss_cls
+        # Not in the official losses: the cycle term alone lets G hide the face in noise that it
+        # decodes again; asking G to leave a face alone when the target is its own emotion makes
+        # it edit only what the emotion changes (BENCHMARKS.md, demo preset). With lambda_id 0
+        # it is only measured, without a graph, as a sign of how much G alters faces.
+        with torch.set_grad_enabled(cfg.lambda_id > 0):
+            g_loss_id = (x_real - G(x_real, c_org)).abs().mean()
+        if cfg.lambda_id:
+            g_loss = g_loss + cfg.lambda_id * g_loss_id
         nets.g_optimizer.zero_grad(set_to_none=True)
         g_loss.backward()
         nets.g_optimizer.step()
-        losses |= {"G/loss_fake": g_loss_fake, "G/loss_rec": g_loss_rec, "G/loss_cls": g_loss_cls}
+        losses |= {"G/loss_fake": g_loss_fake, "G/loss_rec": g_loss_rec,
+                   "G/loss_cls": g_loss_cls, "G/loss_id": g_loss_id}  # fmt: skip
     return {name: value.detach() for name, value in losses.items()}
 
 
