@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -17,9 +18,11 @@ import numpy as np
 import pytest
 import torch
 from mlflow import MlflowClient
+from stargan_helpers import tiny_params, write_dataset
 
 from emogan.config import MlflowConfig
 from emogan.stargan.model import Generator
+from emogan.stargan.train import REGISTERED_MODEL, train_stargan
 from emogan.tracking import TrainingRun, flatten_params, git_commit, resolve_tracking_uri
 
 PARAMS = {"layers": 3, "model": {"g_conv_dim": 4, "g_layers": None}, "train": {"g_lr": 1e-4}}
@@ -293,3 +296,54 @@ def test_an_unreachable_server_at_start_gives_a_run_without_id_quickly(
     assert len(report) == 1
     assert url in report[0]
     assert "Connection refused" in report[0]
+
+
+def test_a_training_against_a_team_server_is_tracked_whole_over_http(
+    mlflow_server: tuple[str, subprocess.Popen[bytes]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The team set-up of docs/remote.md: a real training, every byte through the server."""
+    url, _ = mlflow_server
+    monkeypatch.chdir(tmp_path)  # the project root of the training: nothing of it lands here
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    data = write_dataset(tmp_path / "processed")
+    out = tmp_path / "out"
+    metrics = train_stargan(
+        tiny_params(url),
+        data,
+        out,
+        tmp_path / "ckpt",
+        tmp_path / "train.json",
+        tmp_path / "loss.csv",
+    )
+
+    client = MlflowClient(url, registry_uri=url)
+    recorded = json.loads((out / "run.json").read_text())
+    assert recorded["tracking_uri"] == url
+    run = client.get_run(recorded["mlflow_run_id"])
+    assert run.info.status == "FINISHED"
+    assert (run.data.params["layers"], run.data.params["num_iters"]) == ("1", "8")
+    assert run.data.tags["device"] == "cpu"
+    assert run.data.tags["fingerprint"] == recorded["fingerprint"]
+    history = client.get_metric_history(run.info.run_id, "G/loss_rec")
+    assert [m.step for m in history] == [3, 6, 8]
+    assert history[-1].value == pytest.approx(metrics["G/loss_rec"])
+    logged = {a.path for folder in (None, "samples", "checkpoint")
+              for a in client.list_artifacts(run.info.run_id, folder)}  # fmt: skip
+    assert {"samples/iter_4.png", "samples/iter_8.png", "loss.csv", "params.yaml",
+            "checkpoint/checkpoint.pt"} <= logged  # fmt: skip
+    # --serve-artifacts: the client sent the files to the server, which keeps them on its disk.
+    assert run.info.artifact_uri.startswith("mlflow-artifacts:/")
+    on_server = {path.name for path in (tmp_path / "artifacts").rglob("*") if path.is_file()}
+    assert {"iter_8.png", "loss.csv", "params.yaml", "checkpoint.pt"} <= on_server
+
+    [version] = client.search_model_versions(f"name='{REGISTERED_MODEL}'")
+    assert version.run_id == run.info.run_id
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+    served = mlflow.pytorch.load_model(f"models:/{REGISTERED_MODEL}/{version.version}")
+    trained = Generator(1, 7, 4, 1)
+    trained.load_state_dict(torch.load(out / "generator.pt", weights_only=True))
+    faces, targets = torch.rand(2, 1, 16, 16) * 2 - 1, torch.eye(7)[[3, 5]]
+    with torch.no_grad():
+        assert torch.equal(served(faces, targets), trained(faces, targets))

@@ -210,11 +210,18 @@ def merge(ctx: click.Context, reviewed: Path, out: Path, metrics: Path) -> None:
     "models/stargan",
     "Folder for generator.pt, discriminator.pt, config.json and run.json.",
 )
-@path_option(
+@click.option(
     "--checkpoints",
-    "models/checkpoints",
-    "Resumable checkpoints, one sub-folder per configuration; a relative path is taken from"
-    " the project root ($DVC_ROOT), so queued experiments share them.",
+    type=OutPath,
+    default=Path("models/checkpoints"),
+    show_default=True,
+    # A remote runner points this at a disk that outlives the job and the temporary
+    # workspaces of `dvc exp run --queue`, so a preempted run resumes there.
+    envvar="EMOGAN_CHECKPOINTS",
+    show_envvar=True,
+    help="Resumable checkpoints, one sub-folder per configuration; a relative path is taken from"
+    " the project root ($DVC_ROOT), so queued experiments share them. $EMOGAN_CHECKPOINTS, when"
+    " set, replaces the default (use an absolute path that survives the job).",
 )
 @path_option("--metrics", "metrics/train.json", "Final losses, iterations and speed.")
 @path_option(
