@@ -41,6 +41,7 @@ class DemoConfig(Section):
     photo_height: Int = Field(480, ge=160, le=4096)
     fer_train_per_emotion: Int = Field(400, gt=0)
     fer_test_per_emotion: Int = Field(80, gt=0)
+    fer_studio: Bool = True  # FER-format faces as studio portraits; false: as wild as the scenes
 
 
 class SearchConfig(Section):

@@ -14,7 +14,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import cv2
@@ -43,6 +43,7 @@ SIZE_STEP = (0.5, 0.8)  # each further face is this much smaller than the previo
 PLACEMENT_TRIES = 60  # random spots tried per face before it is left out
 FER_SIZE = 48
 FER_DRAW = 72  # FER faces are drawn larger, then shrunk like a downscaled photo
+STUDIO_ZOOM, STUDIO_LIGHT = 1.3, 0.15  # face height in frames; light gradient strength
 
 # Generator streams: one per kind of item.
 PHOTO, FACELESS, FER_FACE, FER_ORDER = range(1, 5)
@@ -190,15 +191,29 @@ def _pick_face(
     return DrawnFace(emotion, (float(centre[0]), float(centre[1])), size, look, background)
 
 
-def _fer_face(rng: np.random.Generator, emotion: str, occlusion_prob: float) -> np.ndarray:
-    """A 48x48 grayscale face, centred and upright-ish, filling the frame as in FER2013."""
-    canvas = _gradient(rng, FER_DRAW, FER_DRAW)
-    look = random_look(rng, occlusion_prob, max_rotation=10)
-    centre = FER_DRAW * (0.5 + rng.normal(0, 0.025, 2))
-    draw_face(
-        canvas, tuple(centre.tolist()), FER_DRAW * rng.uniform(0.95, 1.12), emotion, look, rng
-    )
-    small = cv2.resize(_finish(canvas, rng), (FER_SIZE, FER_SIZE), interpolation=cv2.INTER_AREA)
+def _fer_face(rng: np.random.Generator, emotion: str, cfg: DemoConfig) -> np.ndarray:
+    """A 48x48 grayscale face filling the frame as in FER2013.
+
+    Wild, as the scene photos: on a gradient, tilted up to 10 degrees, turned, lit from any side,
+    with camera noise and maybe a hand over the mouth. Studio (demo.fer_studio): upright, facing
+    the camera, evenly lit, on a plain background and closer, so that the expression is most of
+    what varies between faces besides who they are (skin, hair, face shape).
+    """
+    if cfg.fer_studio:
+        look = replace(random_look(rng, 0.0, max_rotation=0), turn=0.0, light=STUDIO_LIGHT)
+        canvas = np.full((FER_DRAW, FER_DRAW, 3), rng.uniform(60, 200), np.float32)
+        # Closer than wild faces: the brows, eyes and mouth span more pixels at 48 px.
+        centre, size = (FER_DRAW / 2, FER_DRAW * 0.53), FER_DRAW * STUDIO_ZOOM
+        draw_face(canvas, centre, size, emotion, look, rng)
+        photo = np.clip(np.round(canvas), 0, 255).astype(np.uint8)
+    else:
+        canvas = _gradient(rng, FER_DRAW, FER_DRAW)
+        look = random_look(rng, cfg.occlusion_prob, max_rotation=10)
+        centre = FER_DRAW * (0.5 + rng.normal(0, 0.025, 2))
+        size = FER_DRAW * rng.uniform(0.95, 1.12)
+        draw_face(canvas, tuple(centre.tolist()), size, emotion, look, rng)
+        photo = _finish(canvas, rng)
+    small = cv2.resize(photo, (FER_SIZE, FER_SIZE), interpolation=cv2.INTER_AREA)
     return cv2.cvtColor(small, cv2.COLOR_BGR2GRAY)
 
 
@@ -232,7 +247,7 @@ def _fer_rows(cfg: DemoConfig) -> list[tuple[int, str, int, int]]:
 def _write_fer(cfg: DemoConfig, path: Path) -> None:
     lines = ["emotion,pixels,Usage"]
     for label, usage, u, i in tqdm(_fer_rows(cfg), desc="demo fer2013", unit="face", disable=None):
-        face = _fer_face(_rng(cfg.seed, FER_FACE, u, label, i), EMOTIONS[label], cfg.occlusion_prob)
+        face = _fer_face(_rng(cfg.seed, FER_FACE, u, label, i), EMOTIONS[label], cfg)
         lines.append(f"{label},{' '.join(map(str, face.ravel().tolist()))},{usage}")
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
