@@ -14,7 +14,9 @@ from emogan.classifier import embed, train_classifier
 from emogan.config import Params
 from emogan.data.processed import load_split
 from emogan.emotions import EMOTIONS
+from emogan.errors import EmoganError
 from emogan.evaluate import (
+    InceptionFid,
     evaluate_translations,
     frechet_distance,
     score_translations,
@@ -115,13 +117,19 @@ def test_frechet_distance_matches_the_closed_form_for_an_affine_copy() -> None:
     assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
 
 
-def test_the_stage_scores_a_trained_model_and_logs_to_its_training_run(
-    data: Path, params: Params, judge_dir: Path, tmp_path: Path
-) -> None:
-    model_dir = tmp_path / "stargan"
+@pytest.fixture(scope="module")
+def model_dir(data: Path, params: Params, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny StarGAN trained by the real train stage, with its MLflow run."""
+    folder = tmp_path_factory.mktemp("train")
     train_stargan(
-        params, data, model_dir, tmp_path / "ckpt", tmp_path / "t.json", tmp_path / "loss.csv"
+        params, data, folder / "stargan", folder / "ckpt", folder / "t.json", folder / "loss.csv"
     )
+    return folder / "stargan"
+
+
+def test_the_stage_scores_a_trained_model_and_logs_to_its_training_run(
+    data: Path, params: Params, judge_dir: Path, model_dir: Path, tmp_path: Path
+) -> None:
     metrics_path, confusion_path = tmp_path / "eval.json", tmp_path / "confusion.csv"
     metrics = evaluate_translations(
         params, model_dir, judge_dir, data, metrics_path, confusion_path
@@ -132,6 +140,7 @@ def test_the_stage_scores_a_trained_model_and_logs_to_its_training_run(
     assert json.loads(metrics_path.read_text()) == metrics
     assert 0.0 <= metrics["target_accuracy"] <= 1.0 and metrics["keep_l1"] > 0.0
     assert metrics["fid_classifier"] > 0.0 and metrics["fid_classifier_real"] >= 0.0
+    assert "fid_inception" not in metrics  # no weights given
     with confusion_path.open() as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == metrics["translations"]
@@ -146,3 +155,47 @@ def test_the_stage_scores_a_trained_model_and_logs_to_its_training_run(
     history = client.get_metric_history(run_id, "eval/keep_l1")
     assert [m.step for m in history] == [params.train.num_iters]
     assert [a.path for a in client.list_artifacts(run_id, "eval")] == ["eval/confusion.csv"]
+
+
+@pytest.fixture(scope="module")
+def inception_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A weights file in the format of torch-fidelity's FID Inception v3, randomly initialised:
+    the real one cannot be downloaded here, and the code path is the same."""
+    from torch_fidelity import feature_extractor_inceptionv3 as inception
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(inception, "load_state_dict_from_url", lambda *args, **kwargs: {})
+        patch.setattr(inception.FeatureExtractorInceptionV3, "load_state_dict", lambda *a: None)
+        network = inception.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
+    for module in network.modules():
+        if isinstance(module, nn.Conv2d):  # PyTorch's default init fades to 0 over 90 layers
+            nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+    path = tmp_path_factory.mktemp("inception") / "weights.pth"
+    torch.save(network.state_dict(), path)
+    return path
+
+
+def test_local_inception_weights_add_the_standard_fid(
+    data: Path, params: Params, judge_dir: Path, model_dir: Path, inception_weights: Path,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    test = load_split(data, "test", CPU)
+    same = InceptionFid(inception_weights, CPU)
+    same.add(test.images, real=True)
+    same.add(test.images, real=False)
+    assert same.compute() == pytest.approx(0.0, abs=1e-2)
+
+    evaluate = params.evaluate.model_copy(update={"inception_weights": inception_weights})
+    with_fid = params.model_copy(update={"evaluate": evaluate})
+    metrics = evaluate_translations(
+        with_fid, model_dir, judge_dir, data, tmp_path / "eval.json", tmp_path / "c.csv"
+    )
+    assert metrics["fid_inception"] > 1e-2  # translations are not the real test faces
+
+
+def test_missing_or_foreign_inception_weights_name_the_key(tmp_path: Path) -> None:
+    with pytest.raises(EmoganError, match=r"^evaluate.inception_weights: .*none.pth: no such file"):
+        InceptionFid(tmp_path / "none.pth", CPU)
+    torch.save({"fc.weight": torch.zeros(2)}, tmp_path / "other.pth")
+    with pytest.raises(EmoganError, match=r"other.pth: not Inception v3 FID weights"):
+        InceptionFid(tmp_path / "other.pth", CPU)

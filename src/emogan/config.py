@@ -169,6 +169,7 @@ class ClassifierConfig(Section):
 class EvaluateConfig(Section):
     batch_size: Int = Field(256, ge=1)  # test faces translated at once
     device: Str = "auto"
+    inception_weights: Path | None = None  # torch-fidelity's FID Inception weights, local
 
 
 class MlflowConfig(Section):

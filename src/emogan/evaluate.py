@@ -8,12 +8,16 @@ Every test face is translated into every one of the 7 emotions and the classifie
   judge by painting class-specific texture over the face; then accuracy is high but so is keep L1;
 - cycle L1: mean |G(G(x, target), source) - x| over changed pairs; identity L1: |G(x, source) - x|;
 - FID in the judge's feature space between real test faces and changed translations, beside the
-  same distance between real train and real test faces: the floor that sampling alone gives.
+  same distance between real train and real test faces: the floor that sampling alone gives;
+- with evaluate.inception_weights (a local file: nothing is downloaded), the standard FID of
+  torchmetrics' Inception v3 between the same two sets.
 """
 
 import csv
 import io
 import json
+import pickle
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -26,6 +30,7 @@ from emogan.config import Params
 from emogan.data.processed import Dataset, check_images, load_split
 from emogan.device import resolve_device
 from emogan.emotions import EMOTIONS
+from emogan.errors import EmoganError
 from emogan.stargan.sample import load_generator
 from emogan.stargan.train import project_root
 from emogan.tracking import TrainingRun
@@ -52,9 +57,15 @@ class Translations:
 
 @torch.no_grad()
 def translate_test_set(
-    G: torch.nn.Module, test: Dataset, judge: torch.nn.Module, batch_size: int = 256
+    G: torch.nn.Module,
+    test: Dataset,
+    judge: torch.nn.Module,
+    batch_size: int = 256,
+    on_changed: Callable[[torch.Tensor], None] | None = None,
 ) -> Translations:
-    """Translate every test face into every emotion and back, in batches; all results on the CPU."""
+    """Translate every test face into every emotion and back, in batches; all results on the CPU.
+    on_changed, when given, sees every batch of translations whose target is not the face's own
+    emotion (the images themselves are not kept)."""
     parts: dict[str, list[torch.Tensor]] = {field.name: [] for field in fields(Translations)}
     for target in range(C_DIM):
         for faces, labels in zip(
@@ -64,6 +75,9 @@ def translate_test_set(
             fakes = G(faces, F.one_hot(targets, C_DIM).float())
             back = G(fakes, F.one_hot(labels, C_DIM).float())
             features, logits = embed(judge, fakes)
+            changed = labels != target
+            if on_changed is not None and changed.any():
+                on_changed(fakes[changed])
             for name, value in (
                 ("source", labels),
                 ("target", targets),
@@ -131,7 +145,12 @@ def evaluate_translations(
     check_images(
         test, config["channels"], config["image_size"], data_dir, f"{model_dir}/config.json"
     )
-    done = translate_test_set(G.to(device), test, judge, cfg.batch_size)
+    inception = None
+    if cfg.inception_weights is not None:
+        inception = InceptionFid(cfg.inception_weights, device)
+        inception.add(test.images, real=True)
+    on_changed = None if inception is None else lambda fakes: inception.add(fakes, real=False)
+    done = translate_test_set(G.to(device), test, judge, cfg.batch_size, on_changed)
     train = load_split(data_dir, "train", device)
     real_test = _features(judge, test, cfg.batch_size)
     metrics = score_translations(done, real_test) | {
@@ -141,10 +160,46 @@ def evaluate_translations(
         "test_images": len(test.labels),
         "translations": len(done.target),
     }
+    if inception is not None:
+        metrics["fid_inception"] = round(inception.compute(), 4)
     atomic.write_json(Path(metrics_path), metrics)
     atomic.write_text(Path(confusion_path), _confusion_csv(done.target, done.predicted))
     _log_to_training_run(params, model_dir, metrics, Path(confusion_path), config["num_iters"])
     return metrics
+
+
+class InceptionFid:
+    """Standard FID through torchmetrics (the pytorch-fid port of the original Inception v3)
+    with its weights read from a local file, since nothing can be downloaded at run time."""
+
+    def __init__(self, weights: Path, device: torch.device) -> None:
+        try:
+            from torchmetrics.image.fid import FrechetInceptionDistance
+        except ImportError:
+            raise EmoganError(
+                "evaluate.inception_weights is set but torchmetrics is not installed: "
+                "pip install 'emogan[fid]'"
+            ) from None
+        if not Path(weights).is_file():
+            raise EmoganError(f"evaluate.inception_weights: {weights}: no such file")
+        try:
+            metric = FrechetInceptionDistance(
+                normalize=True, feature_extractor_weights_path=str(weights)
+            )
+        except (RuntimeError, OSError, pickle.UnpicklingError) as error:
+            first = str(error).splitlines()[0]
+            raise EmoganError(
+                f"evaluate.inception_weights: {weights}: not Inception v3 FID weights ({first})"
+            ) from None
+        self.metric = metric.to(device)
+
+    def add(self, images: torch.Tensor, real: bool) -> None:
+        """Images in [-1, 1], gray or RGB, any size (resized to 299 px inside)."""
+        rgb = images.expand(-1, 3, -1, -1) if images.size(1) == 1 else images
+        self.metric.update(rgb.add(1).div(2).clamp(0, 1), real=real)
+
+    def compute(self) -> float:
+        return self.metric.compute().item()
 
 
 def _features(judge: torch.nn.Module, data: Dataset, batch_size: int) -> torch.Tensor:
