@@ -248,18 +248,18 @@ def train_classifier(
     }
     _write_outputs(fit.model, config | {"width": cfg.width}, Path(out_dir))
     atomic.write_json(Path(metrics_path), metrics)
-    atomic.write_text(Path(confusion_path), _confusion_csv(test.labels.cpu(), predicted))
+    atomic.write_text(Path(confusion_path), confusion_csv(test.labels.cpu(), predicted))
     _log_run(run, fit, metrics, Path(confusion_path))
     return metrics
 
 
 def _scores(fit: Fit, actual: torch.Tensor, predicted: torch.Tensor, train_s: float) -> dict:
     recall = {
-        emotion: _mean(predicted[actual == label] == label)
+        emotion: rounded_mean(predicted[actual == label] == label)
         for label, emotion in enumerate(EMOTIONS)
     }
     return {
-        "test_accuracy": _mean(predicted == actual),
+        "test_accuracy": rounded_mean(predicted == actual),
         "val_accuracy": fit.val_accuracy,
         "recall": recall,  # per emotion on the test split; None for one it lacks
         "best_epoch": fit.best_epoch,
@@ -267,14 +267,18 @@ def _scores(fit: Fit, actual: torch.Tensor, predicted: torch.Tensor, train_s: fl
     }
 
 
-def _mean(hits: torch.Tensor) -> float | None:
-    return round(hits.float().mean().item(), 4) if len(hits) else None
+def rounded_mean(values: torch.Tensor) -> float | None:
+    """The mean to 4 decimals (of booleans: the share that is true); None when empty."""
+    return round(values.float().mean().item(), 4) if len(values) else None
 
 
-def _confusion_csv(actual: torch.Tensor, predicted: torch.Tensor) -> str:
+def confusion_csv(
+    actual: torch.Tensor, predicted: torch.Tensor, header: tuple[str, str] = ("actual", "predicted")
+) -> str:
+    """One row of emotion names per pair, for DVC's confusion plot."""
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(("actual", "predicted"))
+    writer.writerow(header)
     writer.writerows(
         (EMOTIONS[a], EMOTIONS[p]) for a, p in zip(actual.tolist(), predicted.tolist(), strict=True)
     )

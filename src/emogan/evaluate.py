@@ -13,8 +13,6 @@ Every test face is translated into every one of the 7 emotions and the classifie
   torchmetrics' Inception v3 between the same two sets.
 """
 
-import csv
-import io
 import json
 import pickle
 from collections.abc import Callable
@@ -25,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from emogan import atomic
-from emogan.classifier import embed, load_classifier
+from emogan.classifier import confusion_csv, embed, load_classifier, rounded_mean
 from emogan.config import Params
 from emogan.data.processed import Dataset, check_images, load_split
 from emogan.device import resolve_device
@@ -96,17 +94,17 @@ def score_translations(done: Translations, real_features: torch.Tensor) -> dict:
     changed = done.target != done.source
     hits = done.predicted == done.target
     per_target = {
-        emotion: _mean(hits[changed & (done.target == label)])
+        emotion: rounded_mean(hits[changed & (done.target == label)])
         for label, emotion in enumerate(EMOTIONS)
     }
     return {
-        "target_accuracy": _mean(hits),
-        "target_accuracy_changed": _mean(hits[changed]),
+        "target_accuracy": rounded_mean(hits),
+        "target_accuracy_changed": rounded_mean(hits[changed]),
         "chance": round(1 / C_DIM, 4),
         "per_target": per_target,  # changed pairs only; None if every test face shows it
-        "keep_l1": _mean(done.keep_l1[changed]),
-        "cycle_l1": _mean(done.cycle_l1[changed]),
-        "identity_l1": _mean(done.keep_l1[~changed]),
+        "keep_l1": rounded_mean(done.keep_l1[changed]),
+        "cycle_l1": rounded_mean(done.cycle_l1[changed]),
+        "identity_l1": rounded_mean(done.keep_l1[~changed]),
         "fid_classifier": round(frechet_distance(real_features, done.features[changed]), 4),
     }
 
@@ -163,7 +161,9 @@ def evaluate_translations(
     if inception is not None:
         metrics["fid_inception"] = round(inception.compute(), 4)
     atomic.write_json(Path(metrics_path), metrics)
-    atomic.write_text(Path(confusion_path), _confusion_csv(done.target, done.predicted))
+    atomic.write_text(
+        Path(confusion_path), confusion_csv(done.target, done.predicted, ("target", "predicted"))
+    )
     _log_to_training_run(params, model_dir, metrics, Path(confusion_path), config["num_iters"])
     return metrics
 
@@ -205,20 +205,6 @@ class InceptionFid:
 def _features(judge: torch.nn.Module, data: Dataset, batch_size: int) -> torch.Tensor:
     with torch.no_grad():
         return torch.cat([embed(judge, x)[0].cpu() for x in data.images.split(batch_size)])
-
-
-def _mean(values: torch.Tensor) -> float | None:
-    return round(values.float().mean().item(), 4) if len(values) else None
-
-
-def _confusion_csv(target: torch.Tensor, predicted: torch.Tensor) -> str:
-    text = io.StringIO()
-    writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(("target", "predicted"))
-    writer.writerows(
-        (EMOTIONS[t], EMOTIONS[p]) for t, p in zip(target.tolist(), predicted.tolist(), strict=True)
-    )
-    return text.getvalue()
 
 
 def _log_to_training_run(
