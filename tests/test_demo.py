@@ -156,8 +156,11 @@ def test_demo_is_learnable(tmp_path: Path) -> None:
 
 
 INTERRUPTED_RUN = """
+import signal
 import sys
 from pathlib import Path
+# A shell's background job starts with SIGINT ignored, and Python keeps that: restore Ctrl-C.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from emogan.config import DemoConfig
 from emogan.data.demo import make_demo
 make_demo(DemoConfig(seed=int(sys.argv[2])), Path(sys.argv[1]))

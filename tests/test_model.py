@@ -82,12 +82,13 @@ def test_one_iteration_moves_both_networks() -> None:
     torch.manual_seed(0)
     nets = build_networks(params, 1, torch.device("cpu"))
     before = [p.detach().clone() for p in (*nets.G.parameters(), *nets.D.parameters())]
-    data = Dataset(torch.rand(20, 1, 48, 48) * 2 - 1, torch.arange(20) % 7)
+    size = params.image_size
+    data = Dataset(torch.rand(20, 1, size, size) * 2 - 1, torch.arange(20) % 7)
     generator = torch.Generator().manual_seed(0)
     x, labels = sample_batch(data, 4, generator)
     losses = train_iteration(nets, x, labels, params.train, 0, generator)
     assert set(losses) == {"D/loss_real", "D/loss_fake", "D/loss_cls", "D/loss_gp",
-                           "G/loss_fake", "G/loss_rec", "G/loss_cls"}  # fmt: skip
+                           "G/loss_fake", "G/loss_rec", "G/loss_cls", "G/loss_id"}  # fmt: skip
     after = [*nets.G.parameters(), *nets.D.parameters()]
     n_g = len(list(nets.G.parameters()))
     assert all(not torch.equal(b, a) for b, a in zip(before[:n_g], after[:n_g], strict=True))
