@@ -298,6 +298,18 @@ def test_an_unreachable_server_at_start_gives_a_run_without_id_quickly(
     assert "Connection refused" in report[0]
 
 
+def test_a_store_that_cannot_be_opened_gives_one_line_and_a_run_without_id(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    run = start(MlflowConfig(tracking_uri="nosuch://store"), tmp_path)
+    run.log_metrics({"G/loss": 1.0}, step=1)
+    run.end()
+
+    assert run.run_id is None and run.failures == 1
+    report = capfd.readouterr().err.strip().splitlines()
+    assert len(report) == 1 and "nosuch://store" in report[0]
+
+
 def test_a_training_against_a_team_server_is_tracked_whole_over_http(
     mlflow_server: tuple[str, subprocess.Popen[bytes]],
     tmp_path: Path,

@@ -116,7 +116,9 @@ class TrainingRun:
         self.run_id: str | None = None
         self.failures = 0
         # The registry lives in the same store, whatever MLflow's global registry setting is.
-        self._client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
+        # Opening a store can fail too (two queue workers creating one sqlite schema at once),
+        # and that must not stop training either.
+        self._client = self._attempt(lambda: MlflowClient(tracking_uri, registry_uri=tracking_uri))
 
     @classmethod
     def start(
@@ -134,9 +136,10 @@ class TrainingRun:
         create a new run in experiment cfg.experiment (created if missing) with these params
         and tags."""
         run = cls(resolve_tracking_uri(cfg, root))
-        run.run_id = run._attempt(
-            lambda: run._resume_or_create(cfg.experiment, run_id, run_name, params, tags)
-        )
+        if run._client is not None:
+            run.run_id = run._attempt(
+                lambda: run._resume_or_create(cfg.experiment, run_id, run_name, params, tags)
+            )
         return run
 
     @classmethod
@@ -144,7 +147,8 @@ class TrainingRun:
         """Log more to a finished run (the samples and evaluate stages use this); does not
         change its status."""
         run = cls(resolve_tracking_uri(cfg, root))
-        run.run_id = run._attempt(lambda: run._client.get_run(run_id).info.run_id)
+        if run._client is not None:
+            run.run_id = run._attempt(lambda: run._client.get_run(run_id).info.run_id)
         return run
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
