@@ -26,10 +26,11 @@ from tqdm import tqdm
 
 from emogan import atomic
 from emogan.config import CropConfig, MlflowConfig, Params
-from emogan.data.crop import square_around
+from emogan.data.crop import rank_faces, rejection, square_around
 from emogan.data.detect import detect_faces, load_detector
 from emogan.data.images import read_rgb
 from emogan.data.merge import convert, resize_square
+from emogan.data.processed import from_pixels, to_pixels
 from emogan.device import resolve_device
 from emogan.emotions import EMOTIONS, LABEL_OF
 from emogan.errors import EmoganError
@@ -193,15 +194,7 @@ def _translate_photo(
             f"{photo}: {width}x{height} px, too small for a face of {crop.min_size} px"
         )
     found = detect_faces(detector, [rgb])[0]
-    kept = sorted(
-        (
-            face
-            for face in found
-            if face.prob >= crop.min_prob
-            and min(face.x2 - face.x1, face.y2 - face.y1) >= crop.min_size
-        ),
-        key=lambda face: (face.x1, face.y1),  # numbered left to right, as the crop stage ranks
-    )
+    kept = [face for face in rank_faces(found) if rejection(face, crop) is None]
     if not kept:
         raise EmoganError(
             f"{photo}: no face found (MTCNN probability >= {crop.min_prob}, "
@@ -228,7 +221,7 @@ def _face_tensor(rgb: np.ndarray, square: tuple[int, ...], translator: Translato
     x, y, side = square
     pixels = convert(rgb[y : y + side, x : x + side], translator.image_size, translator.channels)
     pixels = np.atleast_3d(pixels)  # gray H x W -> H x W x 1
-    return torch.from_numpy(pixels).permute(2, 0, 1).float().div(127.5).sub(1.0)
+    return from_pixels(torch.from_numpy(pixels).permute(2, 0, 1))
 
 
 @torch.no_grad()
@@ -236,8 +229,7 @@ def _translate(G: Generator, faces: torch.Tensor, target: int) -> np.ndarray:
     """N x H x W x C uint8: every face translated into one emotion."""
     labels = torch.full((faces.size(0),), target, device=faces.device)
     fakes = G(faces, F.one_hot(labels, len(EMOTIONS)).float())
-    pixels = fakes.add(1).mul(127.5).round().clamp(0, 255).to(torch.uint8)
-    return pixels.permute(0, 2, 3, 1).cpu().numpy()
+    return to_pixels(fakes).permute(0, 2, 3, 1).cpu().numpy()
 
 
 def paste_faces(

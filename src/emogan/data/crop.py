@@ -52,6 +52,20 @@ def crop_id(sha256: str, rank: int) -> str:
     return f"{sha256[:16]}-{rank:02d}"
 
 
+def rank_faces(faces: list[DetectedFace]) -> list[DetectedFace]:
+    """A photo's detections left to right (then top to bottom): the rank is part of crop_id."""
+    return sorted(faces, key=lambda face: (face.x1, face.y1))
+
+
+def rejection(face: DetectedFace, cfg: CropConfig) -> str | None:
+    """Why a detection is not kept as a face (its metrics counter), or None when it is."""
+    if face.prob < cfg.min_prob:
+        return "rejected_low_prob"
+    if min(face.x2 - face.x1, face.y2 - face.y1) < cfg.min_size:
+        return "rejected_too_small"
+    return None
+
+
 def square_around(face: DetectedFace, margin: float, width: int, height: int) -> tuple[int, ...]:
     """(x, y, side) of a square centred on the face, grown by `margin` on each side, then
     shrunk and shifted as little as needed to lie inside the photo."""
@@ -144,13 +158,11 @@ def _keep(
     counts: Counter[str],
 ) -> list[Crop]:
     height, width = shape[:2]
-    ranked = sorted(faces, key=lambda face: (face.x1, face.y1))
     kept = []
-    for rank, face in enumerate(ranked):
-        if face.prob < cfg.min_prob:
-            counts["rejected_low_prob"] += 1
-        elif min(face.x2 - face.x1, face.y2 - face.y1) < cfg.min_size:
-            counts["rejected_too_small"] += 1
+    for rank, face in enumerate(rank_faces(faces)):
+        reason = rejection(face, cfg)
+        if reason:
+            counts[reason] += 1
         else:
             x, y, size = square_around(face, cfg.margin, width, height)
             kept.append(Crop(crop_id(photo.sha256, rank), photo, face, x, y, size))

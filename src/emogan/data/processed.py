@@ -32,9 +32,19 @@ def load_split(data_dir: Path, split: str, device: torch.device) -> Dataset:
     pixels = np.stack([np.asarray(Image.open(Path(data_dir) / row["path"])) for row in rows])
     if pixels.ndim == 3:
         pixels = pixels[..., None]
-    images = torch.from_numpy(pixels).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+    images = from_pixels(torch.from_numpy(pixels).permute(0, 3, 1, 2))
     labels = torch.tensor([int(row["label"]) for row in rows])
     return Dataset(images.to(device), labels.to(device))
+
+
+def from_pixels(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels -> floats in [-1, 1], the range the networks take and G's tanh gives."""
+    return pixels.float().div(127.5).sub(1.0)
+
+
+def to_pixels(images: torch.Tensor) -> torch.Tensor:
+    """Floats in [-1, 1] -> uint8 pixels; from_pixels undone."""
+    return images.add(1).mul(127.5).round().clamp(0, 255).to(torch.uint8)
 
 
 def check_images(

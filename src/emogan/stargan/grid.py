@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from emogan.data.processed import to_pixels
 from emogan.emotions import EMOTIONS
 from emogan.stargan.model import Generator
 
@@ -112,7 +113,7 @@ def translation_grid(
 
 def _to_rgb(images: torch.Tensor) -> np.ndarray:
     """... x C x H x W in [-1, 1] -> ... x H x W x 3 uint8; gray is repeated over R, G and B."""
-    pixels = images.add(1).mul(127.5).round().clamp(0, 255).to(torch.uint8)
+    pixels = to_pixels(images)
     pixels = pixels.expand(*pixels.shape[:-3], 3, *pixels.shape[-2:])  # a no-op for RGB
     return pixels.movedim(-3, -1).contiguous().cpu().numpy()
 
