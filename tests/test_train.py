@@ -16,14 +16,16 @@ from mlflow import MlflowClient
 from stargan_helpers import tiny_params, write_dataset
 
 from emogan.config import Params
-from emogan.data.processed import load_split
+from emogan.data.processed import Dataset, load_split
 from emogan.errors import EmoganError
 from emogan.stargan import train as train_module
 from emogan.stargan.model import Discriminator, Generator
 from emogan.stargan.train import (
     LOSS_NAMES,
     REGISTERED_MODEL,
+    Networks,
     build_networks,
+    logged_losses,
     sample_batch,
     train_iteration,
     train_stargan,
@@ -274,39 +276,67 @@ def test_sigterm_to_emogan_train_exits_non_zero_and_a_rerun_resumes(
     assert f"resuming from iteration {stopped_at}\n" in capsys.readouterr().err
 
 
-def test_the_fast_path_gives_the_eager_loops_losses_and_weights(data: Path) -> None:
-    params = tiny_params("sqlite:///unused.db", layers=2, n_critic=2, batch_size=6)
+def _six_iterations(
+    params: Params, train: Dataset, fast: bool
+) -> tuple[list[dict[str, torch.Tensor]], Networks]:
+    torch.manual_seed(0)
+    nets = build_networks(params, 1, torch.device("cpu"), fast)
+    generator = torch.Generator().manual_seed(0)
+    losses = []
+    for i in range(6):
+        x, labels = sample_batch(train, params.train.batch_size, generator)
+        losses.append(train_iteration(nets, x, labels, params.train, i, generator, fast))
+    return losses, nets
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["plain", "compiled"])
+def test_the_fast_path_gives_the_eager_loops_losses_and_weights(data: Path, compiled: bool) -> None:
+    params = tiny_params(
+        "sqlite:///unused.db", layers=2, n_critic=2, batch_size=6, compile=compiled
+    )
     train = load_split(data, "train", torch.device("cpu"))
-    runs = {}
-    for fast in (False, True):
-        torch.manual_seed(0)
-        nets = build_networks(params, 1, torch.device("cpu"), fast)
-        generator = torch.Generator().manual_seed(0)
-        losses = []
-        for i in range(6):
-            x, labels = sample_batch(train, params.train.batch_size, generator)
-            losses.append(train_iteration(nets, x, labels, params.train, i, generator, fast))
-        runs[fast] = losses, nets
-    (eager_losses, eager), (fast_losses, fast) = runs[False], runs[True]
-    weights = [w for w in fast.G.parameters() if w.dim() == 4 and w.size(1) > 1]
-    assert all(w.is_contiguous(memory_format=torch.channels_last) for w in weights)
+    eager_losses, eager = _six_iterations(params, train, fast=False)
+    fast_losses, fast = _six_iterations(params, train, fast=True)
+    assert (vars(fast.G).get("_compiled_call_impl") is not None) == compiled  # Module.compile()
     for eager_step, fast_step in zip(eager_losses, fast_losses, strict=True):
         assert eager_step.keys() == fast_step.keys()
         for name, value in eager_step.items():
             torch.testing.assert_close(fast_step[name], value, rtol=1e-4, atol=1e-5, msg=name)
     # Adam moves a weight by about lr per step whatever the size of its gradient, so a gradient
     # that is exactly 0 in one path and 1e-10 in the other (the label channels of emotions no
-    # face in the batch has) may end a few lr apart; every other weight agrees to float precision.
-    steps = len(fast_losses)
+    # face in the batch has) may end a few lr apart; the other weights agree to float precision,
+    # or, compiled (inductor sums InstanceNorm's statistics in another order), to lr / 10.
+    steps, close = len(fast_losses), 1e-5 if compiled else 1e-6
     for net in ("G", "D"):
         eager_weights = torch.cat([w.flatten() for w in getattr(eager, net).parameters()])
         fast_weights = torch.cat([w.flatten() for w in getattr(fast, net).parameters()])
         apart = (fast_weights - eager_weights).abs()
         assert apart.max() <= steps * params.train.g_lr, net
-        assert (apart > 1e-6).float().mean() < 0.01, net
+        assert (apart > close).float().mean() < 0.05, net
+    assert fast.G.state_dict().keys() == eager.G.state_dict().keys()  # checkpoints load either way
 
 
-def test_the_identity_loss_is_measured_always_and_trained_only_when_weighted(data: Path) -> None:
+def test_bf16_runs_the_passes_in_bf16_and_keeps_float32_weights(data: Path) -> None:
+    params = tiny_params("sqlite:///unused.db", layers=2, n_critic=2, batch_size=6)
+    bf16 = params.model_copy(
+        update={"train": params.train.model_copy(update={"precision": "bf16"})}
+    )
+    train = load_split(data, "train", torch.device("cpu"))
+    fp32_losses, _ = _six_iterations(params, train, fast=True)
+    bf16_losses, nets = _six_iterations(bf16, train, fast=True)
+    eager_losses, _ = _six_iterations(bf16, train, fast=False)  # the reference ignores precision
+    first = [(fp32_losses[0][name], bf16_losses[0][name]) for name in fp32_losses[0]]
+    assert any(not torch.equal(a, b) for a, b in first)  # rounded to bf16's 8 bits...
+    for a, b in first:
+        torch.testing.assert_close(b, a, rtol=0.05, atol=0.02)  # ...yet the same losses
+    assert all(v.dtype == torch.float32 for step in bf16_losses for v in step.values())
+    assert all(w.dtype == torch.float32 for w in (*nets.G.parameters(), *nets.D.parameters()))
+    for fp32_step, eager_step in zip(fp32_losses, eager_losses, strict=True):
+        for name, value in eager_step.items():
+            torch.testing.assert_close(fp32_step[name], value, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_the_identity_loss_is_computed_and_trained_only_when_weighted(data: Path) -> None:
     train = load_split(data, "train", torch.device("cpu"))
     weights = {}
     for lambda_id in (0.0, 5.0):
@@ -316,7 +346,8 @@ def test_the_identity_loss_is_measured_always_and_trained_only_when_weighted(dat
         generator = torch.Generator().manual_seed(0)
         x, labels = sample_batch(train, params.train.batch_size, generator)
         losses = train_iteration(nets, x, labels, params.train, 0, generator)
-        assert losses["G/loss_id"] > 0
+        assert ("G/loss_id" in losses) == (lambda_id > 0)
+        assert set(losses) == set(logged_losses(params.train))
         weights[lambda_id] = nets
     assert all(
         torch.equal(a, b)

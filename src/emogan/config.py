@@ -141,6 +141,8 @@ class TrainConfig(Section):
     checkpoint_step: Int = Field(1000, ge=1)
     seed: Int = Field(0, ge=0)
     device: Str = "auto"
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: the passes under bf16 autocast
+    compile: Bool = False  # torch.compile G (D's gradient penalty needs double backward)
 
     @model_validator(mode="after")
     def _decay_within_run(self) -> "TrainConfig":

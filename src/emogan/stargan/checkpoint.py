@@ -3,7 +3,8 @@
 The fingerprint hashes everything that decides the trained weights, so running the same
 configuration again resumes its checkpoint, another configuration starts afresh beside it, and
 switching back resumes the first. How a run is watched (log, sample and checkpoint steps) and
-where it runs (device) are left out: changing them must not throw away hours of training.
+where and how fast it runs (device, compile) are left out: changing them must not throw away
+hours of training.
 """
 
 import hashlib
@@ -19,7 +20,7 @@ import torch
 from emogan import atomic
 from emogan.errors import EmoganError
 
-NOT_DECISIVE = ("log_step", "sample_step", "checkpoint_step", "device")
+NOT_DECISIVE = ("log_step", "sample_step", "checkpoint_step", "device", "compile")
 CHECKPOINT_NAME = "checkpoint.pt"
 
 Stateful = torch.nn.Module | torch.optim.Optimizer

@@ -65,27 +65,36 @@ class Networks:
 def build_networks(
     params: Params, channels: int, device: torch.device, fast: bool = True
 ) -> Networks:
-    """G, D and their Adam optimizers on device. `fast` lays the networks out channels-last
-    (oneDNN's and cuDNN's quickest convolutions), fuses Adam's update into one kernel on CUDA
-    and allows TF32 matmuls there; the weights and the update are the same math either way."""
+    """G, D and their Adam optimizers on device. On CUDA, `fast` lays the networks out
+    channels-last (cuDNN's quickest convolutions), fuses Adam's update into one kernel and allows
+    TF32 matmuls; with train.compile it compiles G on any device. The weights and the update are
+    the same math either way."""
     check_architecture(params.image_size, params.d_layers)
     G = Generator(channels, C_DIM, params.model.g_conv_dim, params.g_layers).to(device)
     D = Discriminator(
         channels, params.image_size, C_DIM, params.model.d_conv_dim, params.d_layers
     ).to(device)
-    if fast:
+    # On 2 CPU cores channels-last measured slower (layout copies around InstanceNorm) and the
+    # fused update too.
+    cuda = fast and device.type == "cuda"
+    if cuda:
         G, D = G.to(memory_format=torch.channels_last), D.to(memory_format=torch.channels_last)
-    fused = fast and device.type == "cuda"  # on 2 CPU cores the fused update measured slower
-    if fused:
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    if fast and params.train.compile:
+        G.compile()  # in place, so state_dict keys stay those of the plain network
     cfg = params.train
     betas = (cfg.beta1, cfg.beta2)
     return Networks(
         G,
         D,
-        torch.optim.Adam(G.parameters(), cfg.g_lr, betas, fused=fused or None),
-        torch.optim.Adam(D.parameters(), cfg.d_lr, betas, fused=fused or None),
+        torch.optim.Adam(G.parameters(), cfg.g_lr, betas, fused=cuda or None),
+        torch.optim.Adam(D.parameters(), cfg.d_lr, betas, fused=cuda or None),
     )
+
+
+def logged_losses(cfg: TrainConfig) -> tuple[str, ...]:
+    """The loss terms a training with cfg reports, in log order: G/loss_id only when weighted."""
+    return tuple(name for name in LOSS_NAMES if cfg.lambda_id or name != "G/loss_id")
 
 
 def sample_batch(
@@ -123,11 +132,12 @@ def train_iteration(
 ) -> dict[str, torch.Tensor]:
     """One D update, and a G update when iteration + 1 is a multiple of n_critic.
 
-    `fast` scores the real, fake and interpolated batches in one pass of D; `fast=False` is the
-    official code's order of passes, kept as the reference the fast path is checked against.
+    `fast` scores the real, fake and interpolated batches in one pass of D, translates once for
+    both updates of a G step, and runs the passes in cfg.precision; `fast=False` is the official
+    code's order of passes in float32, kept as the reference the fast path is checked against.
 
-    Returns the detached loss terms as device tensors: reading them is the caller's choice, so
-    the loop need not wait for the device every iteration.
+    Returns the detached loss terms as float32 device tensors: reading them is the caller's
+    choice, so the loop need not wait for the device every iteration.
     """
     G, D = nets.G, nets.D
     g_lr, d_lr = learning_rates(cfg, iteration)
@@ -140,51 +150,58 @@ def train_iteration(
     label_trg = label_org[perm]
     c_org = F.one_hot(label_org, C_DIM).float()
     c_trg = F.one_hot(label_trg, C_DIM).float()
+    g_step = (iteration + 1) % cfg.n_critic == 0
+    # G's weights do not change in D's update, so on a G step the translation D learns from is
+    # the one G's update needs: the fast path keeps its graph instead of translating again.
+    reuse = fast and g_step
+    passes = torch.autocast(x_real.device.type, torch.bfloat16, fast and cfg.precision == "bf16")
 
-    with torch.no_grad():  # D's update needs no graph through G
+    with passes, torch.set_grad_enabled(reuse):
         x_fake = G(x_real, c_trg)
     alpha = torch.rand(x_real.size(0), 1, 1, 1, device=x_real.device, generator=generator)
-    x_hat = (alpha * x_real + (1 - alpha) * x_fake).requires_grad_(True)
-    if fast:
-        # D has no normalisation, so one pass over the three batches stacked is the same
-        # function as three passes, with a third of the kernel launches and larger GEMMs.
-        out_src, out_cls = D(torch.cat([x_real, x_fake, x_hat]))
-        src_real, src_fake, src_hat = out_src.split(x_real.size(0))
-        cls_real = out_cls[: x_real.size(0)]
-    else:
-        (src_real, cls_real), src_fake, src_hat = D(x_real), D(x_fake)[0], D(x_hat)[0]
-    d_loss_real = -src_real.mean()
-    d_loss_cls = F.cross_entropy(cls_real, label_org)
-    d_loss_fake = src_fake.mean()
-    d_loss_gp = gradient_penalty(src_hat, x_hat)
-    d_loss = d_loss_real + d_loss_fake + cfg.lambda_cls * d_loss_cls + cfg.lambda_gp * d_loss_gp
+    x_hat = (alpha * x_real + (1 - alpha) * x_fake.detach()).requires_grad_(True)
+    with passes:
+        if fast:
+            # D has no normalisation, so one pass over the three batches stacked is the same
+            # function as three passes, with a third of the kernel launches and larger GEMMs.
+            out_src, out_cls = D(torch.cat([x_real, x_fake.detach(), x_hat]))
+            src_real, src_fake, src_hat = out_src.split(x_real.size(0))
+            cls_real = out_cls[: x_real.size(0)]
+        else:
+            (src_real, cls_real), src_fake, src_hat = D(x_real), D(x_fake)[0], D(x_hat)[0]
+        d_loss_real = -src_real.mean()
+        d_loss_cls = F.cross_entropy(cls_real, label_org)
+        d_loss_fake = src_fake.mean()
+        d_loss_gp = gradient_penalty(src_hat, x_hat)
+        d_loss = d_loss_real + d_loss_fake + cfg.lambda_cls * d_loss_cls + cfg.lambda_gp * d_loss_gp
     nets.d_optimizer.zero_grad(set_to_none=True)
     d_loss.backward()
     nets.d_optimizer.step()
     losses = {"D/loss_real": d_loss_real, "D/loss_fake": d_loss_fake,
               "D/loss_cls": d_loss_cls, "D/loss_gp": d_loss_gp}  # fmt: skip
 
-    if (iteration + 1) % cfg.n_critic == 0:
-        x_fake = G(x_real, c_trg)
-        out_src, out_cls = D(x_fake)
-        g_loss_fake = -out_src.mean()
-        g_loss_cls = F.cross_entropy(out_cls, label_trg)
-        g_loss_rec = (x_real - G(x_fake, c_org)).abs().mean()
-        g_loss = g_loss_fake + cfg.lambda_rec * g_loss_rec + cfg.lambda_cls * g_loss_cls
-        # Not in the official losses: the cycle term alone lets G hide the face in noise that it
-        # decodes again; asking G to leave a face alone when the target is its own emotion makes
-        # it edit only what the emotion changes (BENCHMARKS.md, demo preset). With lambda_id 0
-        # it is only measured, without a graph, as a sign of how much G alters faces.
-        with torch.set_grad_enabled(cfg.lambda_id > 0):
-            g_loss_id = (x_real - G(x_real, c_org)).abs().mean()
-        if cfg.lambda_id:
-            g_loss = g_loss + cfg.lambda_id * g_loss_id
+    if g_step:
+        with passes:
+            if not reuse:
+                x_fake = G(x_real, c_trg)
+            out_src, out_cls = D(x_fake)
+            g_loss_fake = -out_src.mean()
+            g_loss_cls = F.cross_entropy(out_cls, label_trg)
+            g_loss_rec = (x_real - G(x_fake, c_org)).abs().mean()
+            g_loss = g_loss_fake + cfg.lambda_rec * g_loss_rec + cfg.lambda_cls * g_loss_cls
+            losses |= {"G/loss_fake": g_loss_fake, "G/loss_rec": g_loss_rec,
+                       "G/loss_cls": g_loss_cls}  # fmt: skip
+            if cfg.lambda_id:
+                # Not in the official losses: the cycle term alone lets G hide the face in noise
+                # that it decodes again; asking G to leave a face alone when the target is its
+                # own emotion makes it edit only what the emotion changes (BENCHMARKS.md).
+                g_loss_id = (x_real - G(x_real, c_org)).abs().mean()
+                g_loss = g_loss + cfg.lambda_id * g_loss_id
+                losses["G/loss_id"] = g_loss_id
         nets.g_optimizer.zero_grad(set_to_none=True)
         g_loss.backward()
         nets.g_optimizer.step()
-        losses |= {"G/loss_fake": g_loss_fake, "G/loss_rec": g_loss_rec,
-                   "G/loss_cls": g_loss_cls, "G/loss_id": g_loss_id}  # fmt: skip
-    return {name: value.detach() for name, value in losses.items()}
+    return {name: value.detach().float() for name, value in losses.items()}
 
 
 def train_stargan(
@@ -254,7 +271,7 @@ def _train(
             | {"fingerprint": config_id}
             | world.tags(),
         )
-        _write_loss_log(Path(loss_log), loss_rows)
+        _write_loss_log(Path(loss_log), logged_losses(cfg), loss_rows)
 
     t0 = time.perf_counter()
     hide_bar = None if world.is_main else True  # None: shown on a terminal only
@@ -270,7 +287,7 @@ def _train(
                     _check_finite(averages, since, done, ckpt_path, saved_at)
                     loss_rows.append({"iteration": done, **averages})
                     if world.is_main:
-                        _append_loss_row(Path(loss_log), loss_rows[-1])
+                        _append_loss_row(Path(loss_log), logged_losses(cfg), loss_rows[-1])
                     run.log_metrics(averages, step=done)
                     bar.update(done - bar.n)
                     shown = [name for name in PROGRESS_LOSSES if name in averages]
@@ -465,17 +482,17 @@ def _check_finite(
         )
 
 
-def _write_loss_log(path: Path, rows: list[dict[str, float]]) -> None:
+def _write_loss_log(path: Path, losses: tuple[str, ...], rows: list[dict[str, float]]) -> None:
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, ("iteration", *LOSS_NAMES), restval="")
+    writer = csv.DictWriter(buffer, ("iteration", *losses), restval="")
     writer.writeheader()
     writer.writerows(rows)
     atomic.write_text(path, buffer.getvalue())
 
 
-def _append_loss_row(path: Path, row: dict[str, float]) -> None:
+def _append_loss_row(path: Path, losses: tuple[str, ...], row: dict[str, float]) -> None:
     with path.open("a", newline="", encoding="utf-8") as handle:
-        csv.DictWriter(handle, ("iteration", *LOSS_NAMES), restval="").writerow(row)
+        csv.DictWriter(handle, ("iteration", *losses), restval="").writerow(row)
 
 
 def _log_bytes(run: TrainingRun, name: str, data: bytes, artifact_path: str | None = None) -> None:
