@@ -21,11 +21,10 @@ import torch
 from torch import nn
 
 from emogan import atomic
-from emogan.config import ClassifierConfig, Params
+from emogan.config import ClassifierConfig, Params, project_root
 from emogan.data.processed import Dataset, check_images, dataset_hash, load_split
 from emogan.device import resolve_device
 from emogan.emotions import EMOTIONS
-from emogan.stargan.train import project_root
 from emogan.tracking import TrainingRun, run_tags
 
 DEFAULT_DATA_DIR = Path("data/processed")

@@ -5,6 +5,7 @@ strict (YAML `yes` or `"5"` is not an int), so a typo or a bad value fails befor
 starts, with one line naming the key.
 """
 
+import os
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -15,6 +16,12 @@ from emogan.emotions import EMOTIONS
 from emogan.errors import EmoganError
 
 DEFAULT_PARAMS = Path("params.yaml")
+
+
+def project_root() -> Path:
+    """The DVC project's root: DVC sets DVC_ROOT for the commands it runs; else the cwd."""
+    return Path(os.environ.get("DVC_ROOT", ".")).resolve()
+
 
 Int = Annotated[int, Field(strict=True)]
 Float = Annotated[float, Field(strict=True)]  # an int is accepted and widened

@@ -24,13 +24,12 @@ import torch.nn.functional as F
 
 from emogan import atomic
 from emogan.classifier import confusion_csv, embed, load_classifier, rounded_mean
-from emogan.config import Params
+from emogan.config import Params, project_root
 from emogan.data.processed import Dataset, check_images, load_split
 from emogan.device import resolve_device
 from emogan.emotions import EMOTIONS
 from emogan.errors import EmoganError
 from emogan.stargan.sample import load_generator
-from emogan.stargan.train import project_root
 from emogan.tracking import TrainingRun
 
 C_DIM = len(EMOTIONS)

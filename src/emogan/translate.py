@@ -25,7 +25,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from emogan import atomic
-from emogan.config import CropConfig, MlflowConfig, Params
+from emogan.config import CropConfig, MlflowConfig, Params, project_root
 from emogan.data.crop import rank_faces, rejection, square_around
 from emogan.data.detect import detect_faces, load_detector
 from emogan.data.images import read_rgb
@@ -37,7 +37,6 @@ from emogan.errors import EmoganError
 from emogan.stargan.grid import ALL_TARGETS, encode_png, translation_grid
 from emogan.stargan.model import Generator
 from emogan.stargan.sample import load_generator
-from emogan.stargan.train import project_root
 from emogan.tracking import load_logged_generator, resolve_tracking_uri
 
 DEFAULT_MODEL = "models/stargan"

@@ -6,13 +6,12 @@ from pathlib import Path
 import torch
 
 from emogan import atomic
-from emogan.config import Params
+from emogan.config import Params, project_root
 from emogan.data.processed import check_images, load_split
 from emogan.emotions import EMOTIONS
 from emogan.errors import EmoganError
 from emogan.stargan.grid import encode_png, pick_faces, translation_grid
 from emogan.stargan.model import Generator
-from emogan.stargan.train import project_root
 from emogan.tracking import TrainingRun
 
 DEFAULT_MODEL_DIR = Path("models/stargan")

@@ -26,7 +26,7 @@ import yaml
 from tqdm import tqdm
 
 from emogan import atomic
-from emogan.config import Params, TrainConfig
+from emogan.config import Params, TrainConfig, project_root
 from emogan.data.processed import Dataset, check_images, dataset_hash, load_split
 from emogan.emotions import EMOTIONS
 from emogan.errors import EmoganError
@@ -421,11 +421,6 @@ class LossWindow:
             "sums": {name: total.cpu() for name, total in self.sums.items()},
             "counts": dict(self.counts),
         }
-
-
-def project_root() -> Path:
-    """The DVC project's root: DVC sets DVC_ROOT for the commands it runs; else the cwd."""
-    return Path(os.environ.get("DVC_ROOT", ".")).resolve()
 
 
 def resolved_config(params: Params) -> dict[str, object]:
