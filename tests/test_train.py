@@ -30,6 +30,7 @@ from emogan.stargan.train import (
     train_iteration,
     train_stargan,
 )
+from emogan.tracking import load_logged_generator
 
 
 @dataclass
@@ -187,6 +188,31 @@ def test_another_configuration_starts_afresh_beside_a_stopped_one(
         _train(tiny_params(tracking_uri, log_step=1, sample_step=2, checkpoint_step=5), data, paths)
     assert "resuming from iteration 3\n" in capsys.readouterr().err
     assert len(_checkpoints(paths)) == 2
+
+
+def test_a_compiled_run_resumes_a_plain_checkpoint_and_logs_a_plain_generator(
+    data: Path,
+    tracking_uri: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    paths = Paths.under(tmp_path)
+    _stop_with_sigterm_after(monkeypatch, 3)
+    with pytest.raises(EmoganError, match="stopped by SIGTERM at iteration 3"):
+        _train(tiny_params(tracking_uri), data, paths)
+    monkeypatch.undo()
+    capsys.readouterr()
+    _train(tiny_params(tracking_uri, compile=True), data, paths)  # compiling is not decisive
+    assert "resuming from iteration 3\n" in capsys.readouterr().err
+
+    G = Generator(1, 7, 4, 1)
+    G.load_state_dict(torch.load(paths.out / "generator.pt", weights_only=True))
+    run_id = json.loads((paths.out / "run.json").read_text())["mlflow_run_id"]
+    logged, _ = load_logged_generator(f"runs:/{run_id}/generator", tracking_uri)
+    x, c = torch.rand(2, 1, 16, 16) * 2 - 1, torch.eye(7)[:2]
+    with torch.no_grad():
+        torch.testing.assert_close(logged(x, c), G(x, c), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize(
