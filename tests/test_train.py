@@ -302,6 +302,9 @@ def test_sigterm_to_emogan_train_exits_non_zero_and_a_rerun_resumes(
     assert f"resuming from iteration {stopped_at}\n" in capsys.readouterr().err
 
 
+THREE_G_STEPS = {"layers": 2, "n_critic": 2, "batch_size": 6}  # over _six_iterations
+
+
 def _six_iterations(
     params: Params, train: Dataset, fast: bool
 ) -> tuple[list[dict[str, torch.Tensor]], Networks]:
@@ -317,9 +320,7 @@ def _six_iterations(
 
 @pytest.mark.parametrize("compiled", [False, True], ids=["plain", "compiled"])
 def test_the_fast_path_gives_the_eager_loops_losses_and_weights(data: Path, compiled: bool) -> None:
-    params = tiny_params(
-        "sqlite:///unused.db", layers=2, n_critic=2, batch_size=6, compile=compiled
-    )
+    params = tiny_params("sqlite:///unused.db", **THREE_G_STEPS, precision="fp32", compile=compiled)
     train = load_split(data, "train", torch.device("cpu"))
     eager_losses, eager = _six_iterations(params, train, fast=False)
     fast_losses, fast = _six_iterations(params, train, fast=True)
@@ -343,10 +344,8 @@ def test_the_fast_path_gives_the_eager_loops_losses_and_weights(data: Path, comp
 
 
 def test_bf16_runs_the_passes_in_bf16_and_keeps_float32_weights(data: Path) -> None:
-    params = tiny_params("sqlite:///unused.db", layers=2, n_critic=2, batch_size=6)
-    bf16 = params.model_copy(
-        update={"train": params.train.model_copy(update={"precision": "bf16"})}
-    )
+    params = tiny_params("sqlite:///unused.db", **THREE_G_STEPS, precision="fp32")
+    bf16 = tiny_params("sqlite:///unused.db", **THREE_G_STEPS, precision="bf16")
     train = load_split(data, "train", torch.device("cpu"))
     fp32_losses, _ = _six_iterations(params, train, fast=True)
     bf16_losses, nets = _six_iterations(bf16, train, fast=True)
@@ -360,6 +359,23 @@ def test_bf16_runs_the_passes_in_bf16_and_keeps_float32_weights(data: Path) -> N
     for fp32_step, eager_step in zip(fp32_losses, eager_losses, strict=True):
         for name, value in eager_step.items():
             torch.testing.assert_close(fp32_step[name], value, rtol=1e-4, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["avx512-bf16", "avx2-only"])
+def test_bf16_on_a_cpu_that_emulates_it_says_to_use_fp32(
+    native: bool,
+    data: Path,
+    tracking_uri: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    params = tiny_params(tracking_uri, precision="bf16", num_iters=2, num_iters_decay=0)
+    _train(params, data, Paths.under(tmp_path))
+    warned = "emogan: train.precision: bf16 is emulated on cpu" in capsys.readouterr().err
+    assert warned != native
 
 
 def test_the_identity_loss_is_computed_and_trained_only_when_weighted(data: Path) -> None:

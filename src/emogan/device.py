@@ -101,3 +101,13 @@ def _open_lock(path: Path) -> int:
         return os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
     except FileExistsError:  # another process created it between the two calls
         return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+
+
+def emulates_bf16(device: torch.device) -> bool:
+    """Whether device lacks bf16 arithmetic: a CPU without AVX512-BF16 or AMX converts to float32
+    and back around every operation, which measured 11x slower than float32 (BENCHMARKS.md)."""
+    if device.type == "cpu":
+        return not (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    if device.type == "cuda":
+        return not torch.cuda.is_bf16_supported(including_emulation=False)
+    return False

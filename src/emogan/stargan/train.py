@@ -28,6 +28,7 @@ from tqdm import tqdm
 from emogan import atomic
 from emogan.config import Params, TrainConfig, project_root
 from emogan.data.processed import Dataset, check_images, dataset_hash, load_split
+from emogan.device import emulates_bf16
 from emogan.emotions import EMOTIONS
 from emogan.errors import EmoganError
 from emogan.stargan import distributed
@@ -257,6 +258,12 @@ def _train(
     start, loss_rows, saved_at = progress.iteration, progress.loss_rows, progress.iteration
     if start and world.is_main:
         print(f"resuming from iteration {start}", file=sys.stderr)
+    if cfg.precision == "bf16" and emulates_bf16(device) and world.is_main:
+        print(
+            f"emogan: train.precision: bf16 is emulated on {device}, several times slower than "
+            "fp32; use fp32 here",
+            file=sys.stderr,
+        )
     window = LossWindow(device, progress.window, world.mean)
     exp_name = os.environ.get("DVC_EXP_NAME")
     run: TrainingRun | _NoRun = _NoRun()  # one MLflow run: rank 0's
