@@ -14,7 +14,8 @@ SIZE = 16
 
 
 def write_dataset(data_dir: Path, train_per_emotion: int = 3, test_per_emotion: int = 2) -> Path:
-    """SIZE x SIZE gray faces, one brightness pattern per emotion plus noise, and index.csv."""
+    """SIZE x SIZE gray faces, one brightness pattern per emotion plus noise, and index.csv;
+    every second face of an emotion is a custom crop, the others FER2013's."""
     rng = np.random.default_rng(0)
     rows = []
     for split, count in (("train", train_per_emotion), ("test", test_per_emotion)):
@@ -26,9 +27,11 @@ def write_dataset(data_dir: Path, train_per_emotion: int = 3, test_per_emotion: 
                 pixels = np.clip(pattern + rng.normal(0, 20, pattern.shape), 0, 255)
                 (data_dir / path).parent.mkdir(parents=True, exist_ok=True)
                 Image.fromarray(pixels.astype(np.uint8)).save(data_dir / path)
-                rows.append({"path": path, "label": label, "emotion": emotion, "split": split})
+                source = ("fer2013", "custom")[n % 2]
+                rows.append({"path": path, "label": label, "emotion": emotion,
+                             "source": source, "split": split})  # fmt: skip
     with (data_dir / "index.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, ("path", "label", "emotion", "split"))
+        writer = csv.DictWriter(handle, ("path", "label", "emotion", "source", "split"))
         writer.writeheader()
         writer.writerows(rows)
     return data_dir

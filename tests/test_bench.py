@@ -28,8 +28,12 @@ def test_bench_learning_scores_every_step_and_writes_grids(tmp_path: Path) -> No
     report = bench_learning(params, data, iterations=5, every=2, grids_dir=tmp_path / "grids")
     assert [point["iteration"] for point in report["curve"]] == [2, 4, 5]
     for point in report["curve"]:
-        assert 0.0 <= point["target_accuracy_changed"] <= 1.0 and point["fid_classifier"] > 0.0
-        assert 0.0 < point["keep_l1"] <= 2.0 and 0.0 < point["cycle_l1"] <= 2.0
+        assert set(point) == {"iteration", "train_s", "overall", "fer2013", "custom"}
+        for scope in ("overall", "fer2013", "custom"):
+            scores = point[scope]
+            assert 0.0 <= scores["target_accuracy_changed"] <= 1.0
+            assert scores["fid_classifier"] > 0.0 and scores["distinctness"] > 0.0
+            assert 0.0 < scores["keep_l1"] <= 2.0 and 0.0 < scores["cycle_l1"] <= 2.0
     assert report["chance"] == round(1 / 7, 4)
     assert sorted(p.name for p in (tmp_path / "grids").iterdir()) == [
         "iter_2.png", "iter_4.png", "iter_5.png"

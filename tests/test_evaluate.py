@@ -10,17 +10,23 @@ from mlflow import MlflowClient
 from stargan_helpers import tiny_params, write_dataset
 from torch import nn
 
-from emogan.classifier import embed, train_classifier
+from emogan.classifier import train_classifier
 from emogan.config import Params
 from emogan.data.processed import load_split
 from emogan.emotions import EMOTIONS
 from emogan.errors import EmoganError
 from emogan.evaluate import (
+    SCOPES,
     InceptionFid,
+    JudgedFaces,
+    Translations,
+    distinctness,
     evaluate_translations,
     frechet_distance,
+    judge_faces,
     score_translations,
     translate_test_set,
+    warning_lines,
 )
 from emogan.stargan.train import train_stargan
 
@@ -60,6 +66,13 @@ class _Identity(nn.Module):
         return x
 
 
+class _Constant(nn.Module):
+    """The same grey face whatever the input and the target: a collapsed generator."""
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        return torch.zeros_like(x)
+
+
 class _Oracle(nn.Module):
     """Answers every target with a real test face of that emotion: a perfect translator."""
 
@@ -77,29 +90,104 @@ def _scores(G: nn.Module, data: Path, judge_dir: Path) -> dict:
     judge = load_classifier(judge_dir, CPU)
     test = load_split(data, "test", CPU)
     done = translate_test_set(G, test, judge, batch_size=5)
-    with torch.no_grad():
-        real = embed(judge, test.images)[0]
-    return score_translations(done, real)
+    return score_translations(done, judge_faces(judge, test, batch_size=5))
 
 
-def test_a_generator_that_changes_nothing_hits_only_the_identity_targets(
+def test_a_generator_that_changes_nothing_hits_only_the_identity_targets_and_is_flagged(
     data: Path, judge_dir: Path
 ) -> None:
     scores = _scores(_Identity(), data, judge_dir)
-    assert scores["target_accuracy"] == pytest.approx(1 / C, abs=1e-4)  # the judge is perfect
-    assert scores["target_accuracy_changed"] == 0.0
-    assert set(scores["per_target"].values()) == {0.0}
-    assert scores["keep_l1"] == scores["cycle_l1"] == scores["identity_l1"] == 0.0
+    for scope in SCOPES:
+        s = scores[scope]
+        assert s["judge_accuracy_real"] == 1.0  # the tiny world's classes are bright bands
+        assert s["target_accuracy"] == pytest.approx(1 / C, abs=1e-4)
+        assert s["target_accuracy_changed"] == 0.0
+        assert set(s["per_target"].values()) == {0.0}
+        assert s["keep_l1"] == s["cycle_l1"] == s["identity_l1"] == s["distinctness"] == 0.0
+        assert s["collapsed"] and s["copies_input"] and not s["judge_fooled"]
+    assert set(warning_lines(scores)) == {
+        f"{scope}.{flag}" for scope in SCOPES for flag in ("collapsed", "copies_input")
+    }
+
+
+def test_a_constant_output_is_collapsed_but_no_copy(data: Path, judge_dir: Path) -> None:
+    scores = _scores(_Constant(), data, judge_dir)
+    for scope in SCOPES:
+        assert scores[scope]["distinctness"] == 0.0 and scores[scope]["keep_l1"] > 0.1
+        assert scores[scope]["collapsed"] and not scores[scope]["copies_input"]
+    assert (
+        "the 7 translations of a face are near-identical"
+        in warning_lines(scores)["custom.collapsed"]
+    )
 
 
 def test_a_perfect_translator_hits_every_target_and_loses_the_face(
     data: Path, judge_dir: Path
 ) -> None:
     scores = _scores(_Oracle(*_test_set(data)), data, judge_dir)
-    assert scores["target_accuracy"] == scores["target_accuracy_changed"] == 1.0
-    assert set(scores["per_target"].values()) == {1.0}
-    assert scores["keep_l1"] > 0.1 and scores["cycle_l1"] > 0.1  # other faces, not its own
-    assert scores["identity_l1"] > 0.0
+    for scope in SCOPES:
+        s = scores[scope]
+        assert s["target_accuracy"] == s["target_accuracy_changed"] == 1.0
+        assert set(s["per_target"].values()) == {1.0}
+        assert s["keep_l1"] > 0.1 and s["cycle_l1"] > 0.0  # other faces, not its own
+        assert s["identity_l1"] > 0.0 and s["distinctness"] > 0.1
+        assert not (s["collapsed"] or s["copies_input"] or s["judge_fooled"])
+    assert warning_lines(scores) == {}
+
+
+def test_scores_are_split_by_source_and_a_judge_beaten_by_translations_is_fooled() -> None:
+    """4 real test faces per source; on custom the judge gets 1 of 4 real faces right but
+    every translation: fooled there, and only there."""
+    labels = torch.tensor([0, 1, 2, 3] * 2)
+    sources = torch.tensor([0] * 4 + [1] * 4)  # fer2013, then custom
+    real_predicted = torch.tensor([0, 1, 2, 3, 0, 0, 0, 0])
+    test = JudgedFaces(labels, sources, real_predicted, torch.randn(8, 3))
+    pairs = torch.arange(8).repeat_interleave(C)  # face of each pair
+    targets = torch.arange(C).repeat(8)
+    hit_on_custom = sources[pairs] == 1
+    predicted = torch.where(hit_on_custom, targets, (targets + 1) % C)  # fer2013: all wrong
+    done = Translations(
+        label=labels[pairs],
+        source=sources[pairs],
+        target=targets,
+        predicted=predicted,
+        keep_l1=torch.full((8 * C,), 0.2),
+        cycle_l1=torch.full((8 * C,), 0.1),
+        distinctness=torch.where(hit_on_custom, 0.3, 0.05),
+        features=torch.randn(8 * C, 3),
+    )
+    scores = score_translations(done, test)
+    assert [scores[scope]["test_images"] for scope in SCOPES] == [8, 4, 4]
+    assert [scores[scope]["judge_accuracy_real"] for scope in SCOPES] == [0.625, 1.0, 0.25]
+    assert [scores[scope]["target_accuracy_changed"] for scope in SCOPES] == [0.5, 0.0, 1.0]
+    assert [scores[scope]["distinctness"] for scope in SCOPES] == [0.175, 0.05, 0.3]
+    assert [scores[scope]["judge_fooled"] for scope in SCOPES] == [False, False, True]
+    assert list(warning_lines(scores)) == ["custom.judge_fooled"]
+    # 0.5 overall against 0.625 real: not fooled; with real accuracy 0.45 it would be by 0.05,
+    # within two standard errors of an accuracy measured on 8 faces.
+
+
+def test_a_source_without_test_faces_keeps_its_keys_with_no_values() -> None:
+    test = JudgedFaces(torch.tensor([0, 1]), torch.tensor([0, 0]), torch.tensor([0, 1]),
+                       torch.randn(2, 3))  # fmt: skip
+    pairs, targets = torch.arange(2).repeat_interleave(C), torch.arange(C).repeat(2)
+    done = Translations(test.labels[pairs], test.sources[pairs], targets, targets,
+                        torch.ones(2 * C), torch.ones(2 * C), torch.ones(2 * C),
+                        torch.randn(2 * C, 3))  # fmt: skip
+    scores = score_translations(done, test)
+    assert set(scores["custom"]) == set(scores["fer2013"])
+    assert scores["custom"]["test_images"] == 0
+    assert all(
+        v is None for k, v in scores["custom"].items() if k not in ("test_images", "per_target")
+    )
+    assert warning_lines(scores) == {}
+
+
+def test_distinctness_is_the_mean_difference_over_pairs_of_translations() -> None:
+    translations = torch.zeros(2, 3, 4)
+    translations[0, 1] = 1.0  # face 0: targets 0 and 2 alike, 1 differs by 1 everywhere
+    translations[1] = torch.tensor([0.0, 0.5, 1.0])[:, None]
+    assert distinctness(translations).tolist() == pytest.approx([2 / 3, (0.5 + 1 + 0.5) / 3])
 
 
 def _test_set(data: Path) -> tuple[torch.Tensor, torch.Tensor]:
@@ -135,24 +223,33 @@ def test_the_stage_scores_a_trained_model_and_logs_to_its_training_run(
         params, model_dir, judge_dir, data, metrics_path, confusion_path
     )
 
-    test_images = 4 * C
-    assert metrics["test_images"] == test_images and metrics["translations"] == C * test_images
+    overall = metrics["overall"]
+    assert overall["test_images"] == 4 * C and metrics["translations"] == C * 4 * C
+    assert metrics["fer2013"]["test_images"] == metrics["custom"]["test_images"] == 2 * C
     assert json.loads(metrics_path.read_text()) == metrics
-    assert 0.0 <= metrics["target_accuracy"] <= 1.0 and metrics["keep_l1"] > 0.0
-    assert metrics["fid_classifier"] > 0.0 and metrics["fid_classifier_real"] >= 0.0
-    assert "fid_inception" not in metrics  # no weights given
+    for scope in SCOPES:
+        assert 0.0 <= metrics[scope]["target_accuracy"] <= 1.0 and metrics[scope]["keep_l1"] > 0
+        assert metrics[scope]["fid_classifier"] > 0.0
+        assert metrics[scope]["fid_classifier_real"] >= 0.0
+    assert "fid_inception" not in overall  # no weights given
     with confusion_path.open() as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == metrics["translations"]
     hits = sum(row["target"] == row["predicted"] for row in rows)
-    assert hits / len(rows) == pytest.approx(metrics["target_accuracy"], abs=1e-4)
+    assert hits / len(rows) == pytest.approx(overall["target_accuracy"], abs=1e-4)
 
     run_id = json.loads((model_dir / "run.json").read_text())["mlflow_run_id"]
     client = MlflowClient(params.mlflow.tracking_uri)
-    logged = client.get_run(run_id).data.metrics
-    assert logged["eval/target_accuracy"] == metrics["target_accuracy"]
-    assert logged["eval/target_accuracy/happy"] == metrics["per_target"]["happy"]
-    history = client.get_metric_history(run_id, "eval/keep_l1")
+    run = client.get_run(run_id)
+    logged = run.data.metrics
+    assert logged["eval/overall/target_accuracy"] == overall["target_accuracy"]
+    assert logged["eval/custom/judge_accuracy_real"] == metrics["custom"]["judge_accuracy_real"]
+    happy = metrics["fer2013"]["per_target"]["happy"]
+    assert logged["eval/fer2013/target_accuracy/happy"] == happy
+    assert not any(key.endswith(("collapsed", "judge_fooled")) for key in logged)  # tags
+    lines = "\n".join(warning_lines(metrics).values())
+    assert run.data.tags["eval.warnings"] == (lines or "none")
+    history = client.get_metric_history(run_id, "eval/overall/keep_l1")
     assert [m.step for m in history] == [params.train.num_iters]
     assert [a.path for a in client.list_artifacts(run_id, "eval")] == ["eval/confusion.csv"]
 
@@ -190,7 +287,7 @@ def test_local_inception_weights_add_the_standard_fid(
     metrics = evaluate_translations(
         with_fid, model_dir, judge_dir, data, tmp_path / "eval.json", tmp_path / "c.csv"
     )
-    assert metrics["fid_inception"] > 1e-2  # translations are not the real test faces
+    assert metrics["overall"]["fid_inception"] > 1e-2  # translations are not the real faces
 
 
 def test_missing_or_foreign_inception_weights_name_the_key(tmp_path: Path) -> None:

@@ -83,7 +83,11 @@ def test_one_iteration_moves_both_networks() -> None:
     nets = build_networks(params, 1, torch.device("cpu"))
     before = [p.detach().clone() for p in (*nets.G.parameters(), *nets.D.parameters())]
     size = params.image_size
-    data = Dataset(torch.rand(20, 1, size, size) * 2 - 1, torch.arange(20) % 7)
+    data = Dataset(
+        torch.rand(20, 1, size, size) * 2 - 1,
+        torch.arange(20) % 7,
+        torch.zeros(20, dtype=torch.long),
+    )
     generator = torch.Generator().manual_seed(0)
     x, labels = sample_batch(data, 4, generator)
     losses = train_iteration(nets, x, labels, params.train, 0, generator)

@@ -25,6 +25,7 @@ from emogan.stargan.train import (
     REGISTERED_MODEL,
     Networks,
     build_networks,
+    draw_targets,
     logged_losses,
     sample_batch,
     train_iteration,
@@ -380,3 +381,21 @@ def test_the_identity_loss_is_computed_and_trained_only_when_weighted(data: Path
         torch.equal(a, b)
         for a, b in zip(weights[0.0].G.parameters(), weights[5.0].G.parameters(), strict=True)
     )
+
+
+def test_uniform_targets_give_every_emotion_alike_and_shuffled_ones_follow_the_labels() -> None:
+    """Over many batches of FER2013-like labels (disgust rare): uniform draws every emotion
+    about 1/7 of the time, the official shuffle only as often as the batch holds it."""
+    labels = torch.tensor([0] * 6 + [1] * 1 + [3] * 9)  # one disgust face in 16
+    generator = torch.Generator().manual_seed(0)
+    batches = 3000
+    for sampling, expected in (
+        ("uniform", torch.full((7,), 1 / 7)),
+        ("shuffle", torch.bincount(labels, minlength=7) / len(labels)),
+    ):
+        drawn = torch.cat([draw_targets(labels, sampling, generator) for _ in range(batches)])
+        share = torch.bincount(drawn, minlength=7) / len(drawn)
+        # 48,000 draws: a share's standard error is below 0.002.
+        assert torch.allclose(share, expected, atol=0.01), (sampling, share)
+    shuffled = draw_targets(labels, "shuffle", generator)
+    assert sorted(shuffled.tolist()) == sorted(labels.tolist())  # a permutation of the batch

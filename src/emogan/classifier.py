@@ -101,11 +101,9 @@ def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> fl
     return (classify(model, images) == labels.cpu()).float().mean().item()
 
 
-def fit_classifier(
-    images: torch.Tensor, labels: torch.Tensor, cfg: ClassifierConfig, device: torch.device
-) -> nn.Module:
-    """A classifier trained on (images, labels) for cfg.epochs epochs, in eval mode."""
-    return fit_with_validation(Dataset(images, labels), None, cfg, device).model
+def fit_classifier(data: Dataset, cfg: ClassifierConfig, device: torch.device) -> nn.Module:
+    """A classifier trained on all of data for cfg.epochs epochs, in eval mode."""
+    return fit_with_validation(data, None, cfg, device).model
 
 
 @dataclass
@@ -218,8 +216,8 @@ def train_classifier(
     data = load_split(data_dir, "train", device)
     check_images(data, params.merge.channels, params.image_size, data_dir, "params.yaml")
     fit_index, val_index = stratified_split(data.labels, cfg.val_fraction, cfg.seed)
-    train = Dataset(data.images[fit_index], data.labels[fit_index])
-    val = Dataset(data.images[val_index], data.labels[val_index]) if len(val_index) else None
+    train = data.subset(fit_index)
+    val = data.subset(val_index) if len(val_index) else None
     config = {"channels": params.merge.channels, "image_size": params.image_size}
     root = project_root()
     run = TrainingRun.start(

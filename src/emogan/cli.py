@@ -298,7 +298,8 @@ def classifier(ctx: click.Context, data: Path, out: Path, metrics: Path, confusi
 @path_option(
     "--metrics",
     "metrics/eval.json",
-    "Target accuracy (overall, changed pairs, per target), keep, cycle and identity L1, FID.",
+    "Per scope (overall, fer2013, custom): the judge on real faces, target accuracy, keep, "
+    "cycle and identity L1, distinctness, FID, warning flags.",
 )
 @path_option(
     "--confusion",
@@ -311,12 +312,16 @@ def evaluate(
 ) -> None:
     """Translate every test face into every emotion and score it with the classifier (evaluate).
 
-    The metrics are also logged to the training's MLflow run as eval/...
+    The metrics are also logged to the training's MLflow run as eval/...; warnings (a fooled
+    judge, collapsed or copied translations) end the output, one line each.
     """
     params = _params(ctx)
-    from emogan.evaluate import evaluate_translations
+    from emogan.evaluate import evaluate_translations, warning_lines
 
-    _report(evaluate_translations(params, model, classifier, data, metrics, confusion))
+    scores = evaluate_translations(params, model, classifier, data, metrics, confusion)
+    _report(scores)
+    for line in warning_lines(scores).values():
+        click.echo(f"emogan: evaluate: warning: {line}", err=True)
 
 
 @cli.command()

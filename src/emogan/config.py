@@ -139,6 +139,9 @@ class TrainConfig(Section):
     d_lr: Float = Field(1e-4, gt=0.0)
     beta1: Float = Field(0.5, ge=0.0, lt=1.0)
     beta2: Float = Field(0.999, ge=0.0, lt=1.0)
+    # shuffle: the batch's own labels shuffled (the official code), so a rare emotion is rarely a
+    # target; uniform: every emotion equally often.
+    target_sampling: Literal["shuffle", "uniform"] = "shuffle"
     lambda_cls: Float = Field(1.0, ge=0.0)
     lambda_rec: Float = Field(10.0, ge=0.0)
     lambda_id: Float = Field(0.0, ge=0.0)  # |G(x, own emotion) - x|; 0 = the official losses

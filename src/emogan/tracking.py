@@ -157,6 +157,11 @@ class TrainingRun:
         entries = [Metric(key, float(value), timestamp, step) for key, value in metrics.items()]
         self._when_running(lambda run_id: self._log_batch(run_id, metrics=entries))
 
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        """Set (or overwrite) these tags of the run."""
+        entries = [RunTag(key, value) for key, value in tags.items()]
+        self._when_running(lambda run_id: self._log_batch(run_id, tags=entries))
+
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         """Log a file, or a folder with everything in it, under artifact_path with its own
         name: `samples/` logged with artifact_path "eval" lands at "eval/samples/"."""

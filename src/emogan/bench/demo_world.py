@@ -22,6 +22,8 @@ from emogan.config import ClassifierConfig, DemoConfig, Fer2013Config
 from emogan.data.demo import make_demo
 from emogan.data.detect import DetectedFace, detect_faces, load_detector
 from emogan.data.fer2013 import read_fer2013
+from emogan.data.merge import SOURCES
+from emogan.data.processed import Dataset
 from emogan.data.simulated_review import box_iou
 
 MIN_PROB = 0.9  # detections below this are ignored, as the crop stage would
@@ -86,13 +88,11 @@ def _mean(values: np.ndarray) -> float | None:
     return float(values.mean()) if values.size else None
 
 
-def train_judge(
-    images: torch.Tensor, labels: torch.Tensor, seed: int = 0, epochs: int = EPOCHS
-) -> nn.Module:
-    """The project's emotion classifier (emogan.classifier) trained on (images, labels) with
-    classifier's default settings, on the images' device, in eval mode."""
+def train_judge(data: Dataset, seed: int = 0, epochs: int = EPOCHS) -> nn.Module:
+    """The project's emotion classifier (emogan.classifier) trained on data with classifier's
+    default settings, on the images' device, in eval mode."""
     cfg = ClassifierConfig(seed=seed, epochs=epochs)
-    return fit_classifier(images, labels, cfg, images.device)
+    return fit_classifier(data, cfg, data.images.device)
 
 
 def classifier_scores(fer_csv: Path, seed: int = 0, epochs: int = EPOCHS) -> dict[str, float]:
@@ -107,7 +107,8 @@ def classifier_scores(fer_csv: Path, seed: int = 0, epochs: int = EPOCHS) -> dic
     labels = torch.from_numpy(fer.labels)
     train = torch.tensor([split == "train" for split in fer.splits])
     start = time.perf_counter()
-    model = train_judge(images[train], labels[train], seed, epochs)
+    sources = torch.full_like(labels, SOURCES.index("fer2013"))
+    model = train_judge(Dataset(images, labels, sources).subset(train), seed, epochs)
     train_s = time.perf_counter() - start
     return {
         "classifier_test_accuracy": accuracy(model, images[~train], labels[~train]),

@@ -13,17 +13,16 @@ from pathlib import Path
 import torch
 
 from emogan.bench.demo_world import train_judge
-from emogan.classifier import embed
 from emogan.config import Params
 from emogan.data.processed import load_split
 from emogan.device import resolve_device
 from emogan.emotions import EMOTIONS
-from emogan.evaluate import score_translations, translate_test_set
+from emogan.evaluate import SCOPES, judge_faces, score_translations, translate_test_set
 from emogan.stargan.grid import encode_png, pick_faces, translation_grid
 from emogan.stargan.train import build_networks, sample_batch, train_iteration
 
 C_DIM = len(EMOTIONS)
-CURVE_METRICS = ("target_accuracy_changed", "keep_l1", "cycle_l1", "fid_classifier")
+CURVE_METRICS = ("target_accuracy_changed", "keep_l1", "cycle_l1", "distinctness", "fid_classifier")
 
 
 def bench_learning(
@@ -34,10 +33,8 @@ def bench_learning(
     device = resolve_device(params.train.device, "train.device")
     train = load_split(data_dir, "train", device)
     test = load_split(data_dir, "test", device)
-    judge = train_judge(train.images, train.labels, seed=params.train.seed)
-    with torch.no_grad():
-        real_features, logits = embed(judge, test.images)
-    judge_accuracy = (logits.argmax(1) == test.labels).float().mean().item()
+    judge = train_judge(train, seed=params.train.seed)
+    real = judge_faces(judge, test, batch_size=256)
     decay = round(params.train.num_iters_decay * iterations / params.train.num_iters)
     cfg = params.train.model_copy(update={"num_iters": iterations, "num_iters_decay": decay})
     torch.manual_seed(cfg.seed)
@@ -53,14 +50,17 @@ def bench_learning(
         if device.type == "cuda":
             torch.cuda.synchronize()  # the steps were only queued; time them, not the scoring
         train_s += time.perf_counter() - segment
-        scores = score_translations(translate_test_set(nets.G, test, judge), real_features)
-        curve.append({"iteration": iteration + 1, "train_s": round(train_s, 1),
-                      **{key: scores[key] for key in CURVE_METRICS}})  # fmt: skip
+        scores = score_translations(translate_test_set(nets.G, test, judge), real)
+        curve.append(
+            {"iteration": iteration + 1, "train_s": round(train_s, 1)}
+            | {scope: {key: scores[scope][key] for key in CURVE_METRICS} for scope in SCOPES}
+        )
         print(curve[-1], flush=True)
         if grids_dir is not None:
             grid = translation_grid(nets.G, faces, labels)
             Path(grids_dir).mkdir(parents=True, exist_ok=True)
             (Path(grids_dir) / f"iter_{iteration + 1}.png").write_bytes(encode_png(grid))
         segment = time.perf_counter()
-    return {"device": str(device), "judge_test_accuracy": round(judge_accuracy, 4),
+    judge_accuracy = {scope: scores[scope]["judge_accuracy_real"] for scope in SCOPES}
+    return {"device": str(device), "judge_accuracy_real": judge_accuracy,
             "chance": round(1 / C_DIM, 4), "curve": curve}  # fmt: skip

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from emogan.data.merge import SOURCES
 from emogan.errors import EmoganError
 
 
@@ -17,6 +18,10 @@ from emogan.errors import EmoganError
 class Dataset:
     images: torch.Tensor  # N x C x H x W in [-1, 1], on the training device
     labels: torch.Tensor  # N, int64
+    sources: torch.Tensor  # N, int64: where each face came from, an index into SOURCES
+
+    def subset(self, index: torch.Tensor) -> "Dataset":
+        return Dataset(self.images[index], self.labels[index], self.sources[index])
 
 
 def load_split(data_dir: Path, split: str, device: torch.device) -> Dataset:
@@ -34,7 +39,18 @@ def load_split(data_dir: Path, split: str, device: torch.device) -> Dataset:
         pixels = pixels[..., None]
     images = from_pixels(torch.from_numpy(pixels).permute(0, 3, 1, 2))
     labels = torch.tensor([int(row["label"]) for row in rows])
-    return Dataset(images.to(device), labels.to(device))
+    sources = torch.tensor([_source_of(row, index) for row in rows])
+    return Dataset(images.to(device), labels.to(device), sources.to(device))
+
+
+def _source_of(row: dict[str, str], index: Path) -> int:
+    source = row.get("source")
+    if source not in SOURCES:
+        raise EmoganError(
+            f"{index}: {row['path']}: source {source!r} is not one of {', '.join(SOURCES)} "
+            "(rerun the merge stage)"
+        )
+    return SOURCES.index(source)
 
 
 def from_pixels(pixels: torch.Tensor) -> torch.Tensor:

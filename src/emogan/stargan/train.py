@@ -109,6 +109,17 @@ def sample_batch(
     return torch.where(flip, x.flip(3), x), data.labels[index]
 
 
+def draw_targets(
+    label_org: torch.Tensor, sampling: str, generator: torch.Generator
+) -> torch.Tensor:
+    """The target emotion of each face of a batch: the batch's own labels shuffled, as the
+    official code does ("shuffle"), or every emotion equally likely ("uniform")."""
+    if sampling == "uniform":
+        return torch.randint(C_DIM, label_org.shape, device=label_org.device, generator=generator)
+    perm = torch.randperm(label_org.size(0), device=label_org.device, generator=generator)
+    return label_org[perm]
+
+
 def gradient_penalty(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """(||dD(x)/dx||_2 - 1)^2, averaged over the batch."""
     grad = torch.autograd.grad(out, x, torch.ones_like(out), create_graph=True)[0]
@@ -146,9 +157,7 @@ def train_iteration(
         group["lr"] = g_lr
     for group in nets.d_optimizer.param_groups:
         group["lr"] = d_lr
-    # Targets are the batch's own labels shuffled, as in the official code.
-    perm = torch.randperm(label_org.size(0), device=label_org.device, generator=generator)
-    label_trg = label_org[perm]
+    label_trg = draw_targets(label_org, cfg.target_sampling, generator)
     c_org = F.one_hot(label_org, C_DIM).float()
     c_trg = F.one_hot(label_trg, C_DIM).float()
     g_step = (iteration + 1) % cfg.n_critic == 0
