@@ -93,7 +93,7 @@ def model_dir(data: Path, tmp_path: Path) -> Path:
     return folder
 
 
-def test_make_samples_writes_all_and_one_grid_per_emotion_and_logs_them(
+def test_make_samples_writes_all_one_grid_per_source_and_per_emotion_and_logs_them(
     data: Path, model_dir: Path, tmp_path: Path
 ) -> None:
     params = tiny_params(f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -101,10 +101,17 @@ def test_make_samples_writes_all_and_one_grid_per_emotion_and_logs_them(
     out = tmp_path / "samples"
     summary = make_samples(params, model_dir, data, out)
 
-    names = ["all", *EMOTIONS]
+    names = ["all", "fer2013", "custom", *EMOTIONS]
     assert sorted(summary["grids"]) == sorted(names)
     assert sorted(path.stem for path in out.iterdir()) == sorted(names)
     assert np.asarray(Image.open(out / "all.png")).shape == Layout(3, SIZE).shape
+    # custom.png starts with the one angry custom test face (every second face is custom).
+    test = load_split(data, "test", torch.device("cpu"))
+    assert test.sources[1] == 1 and test.labels[1] == 0
+    layout = Layout(3, SIZE)
+    y, x = layout.top(0), layout.left(0)
+    first = np.asarray(Image.open(out / "custom.png"))[y : y + layout.cell, x : x + layout.cell]
+    assert np.array_equal(first[..., 0], _upscaled_gray(test.images[1], layout.cell))
     # The test split has 2 faces per emotion, fewer than sample.rows.
     assert np.asarray(Image.open(out / "sad.png")).shape == Layout(2, SIZE).shape
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")

@@ -7,6 +7,7 @@ import torch
 
 from emogan import atomic
 from emogan.config import Params, project_root
+from emogan.data.merge import SOURCES
 from emogan.data.processed import check_images, load_split
 from emogan.emotions import EMOTIONS
 from emogan.errors import EmoganError
@@ -25,7 +26,8 @@ def make_samples(
     data_dir: Path = DEFAULT_DATA_DIR,
     out_dir: Path = DEFAULT_OUT_DIR,
 ) -> dict:
-    """Write out_dir/all.png (sample.rows test faces spread over the emotions) and, per source
+    """Write out_dir/all.png (sample.rows test faces spread over the emotions), per source
+    <source>.png (fer2013.png, custom.png: that source's test faces, spread likewise) and, per
     emotion, <emotion>.png (test faces of that emotion); log them to the training's MLflow run
     under samples/final/. out_dir is replaced as a whole."""
     model_dir, data_dir, out_dir = Path(model_dir), Path(data_dir), Path(out_dir)
@@ -35,12 +37,14 @@ def make_samples(
         test, config["channels"], config["image_size"], data_dir, f"{model_dir}/config.json"
     )
     rows, seed = params.sample.rows, params.sample.seed
-    grids = {"all": translation_grid(G, *pick_faces(test.images, test.labels, rows, seed))}
-    for label, emotion in enumerate(EMOTIONS):
-        of_emotion = test.labels == label
-        if of_emotion.any():
-            faces = pick_faces(test.images[of_emotion], test.labels[of_emotion], rows, seed)
-            grids[emotion] = translation_grid(G, *faces)
+    groups = {"all": torch.ones_like(test.labels, dtype=torch.bool)}
+    groups |= {source: test.sources == index for index, source in enumerate(SOURCES)}
+    groups |= {emotion: test.labels == label for label, emotion in enumerate(EMOTIONS)}
+    grids = {
+        name: translation_grid(G, *pick_faces(test.images[faces], test.labels[faces], rows, seed))
+        for name, faces in groups.items()
+        if faces.any()
+    }
     with atomic.atomic_path(out_dir) as work:
         work.mkdir()
         for name, grid in grids.items():
