@@ -1,11 +1,16 @@
-"""The training benchmarks on a tiny dataset: what they report is consistent and complete."""
+"""The benchmarks on tiny inputs: what they report is consistent and complete."""
 
 from pathlib import Path
 
+import pytest
 from stargan_helpers import tiny_params, write_dataset
 
 from emogan.bench.learning import bench_learning
+from emogan.bench.template import bench_template
 from emogan.bench.train import THESIS_ITERATIONS, bench_train
+from emogan.config import AlignTemplate, DemoConfig, Fer2013Config
+from emogan.data.demo import _write_fer, fer_counts
+from emogan.emotions import EMOTIONS
 
 
 def test_bench_train_reports_ms_per_iteration_and_the_thesis_projection(tmp_path: Path) -> None:
@@ -38,3 +43,15 @@ def test_bench_learning_scores_every_step_and_writes_grids(tmp_path: Path) -> No
     assert sorted(p.name for p in (tmp_path / "grids").iterdir()) == [
         "iter_2.png", "iter_4.png", "iter_5.png"
     ]  # fmt: skip
+
+
+def test_bench_template_finds_the_default_template_on_the_demo_faces(tmp_path: Path) -> None:
+    cfg = DemoConfig(fer_train_per_emotion=40, fer_test_per_emotion=2)
+    _write_fer(cfg, tmp_path / "fer2013.csv")
+    report = bench_template(Fer2013Config(path=tmp_path / "fer2013.csv"), per_emotion=6)
+    assert report["faces"] == 7 * 6 - (6 - fer_counts(cfg)["disgust"]["Training"])
+    assert report["found"] >= 0.8 * report["faces"]
+    default = AlignTemplate()
+    for name in AlignTemplate.model_fields:  # 6 faces per emotion: near the 210 of the defaults
+        assert report["template"][name] == pytest.approx(getattr(default, name), abs=0.015), name
+    assert set(report["per_emotion"]) == set(EMOTIONS)

@@ -9,13 +9,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from emogan.config import load_params
+from emogan.config import AlignTemplate, load_params
 from emogan.data.collect import collect_images
 from emogan.data.crop import crop_faces
+from emogan.data.framing import FaceFrame
+from emogan.data.landmarks import LANDMARKS
 from emogan.data.simulated_review import box_iou
 
 ROOT = Path(__file__).resolve().parents[1]
 HOPPER = Path(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
+TEMPLATE = AlignTemplate()
 HOPPER_FACE = (174.0, 120.0, 356.0, 340.0)  # MTCNN's box on the original 512 x 600 photo
 # (scale, mirrored, x, y) of each copy pasted into one group photo
 COPIES = [
@@ -76,11 +79,39 @@ def test_every_face_of_a_group_photo_is_cropped(tmp_path: Path) -> None:
     for face in faces:
         boxes = [tuple(float(row[k]) for k in ("x1", "y1", "x2", "y2")) for row in rows]
         assert max(box_iou(face, box) for box in boxes) > 0.6, face
+    template = np.array([getattr(TEMPLATE, name) for name in AlignTemplate.model_fields])
     for row in rows:
         crop = Image.open(out / row["path"])
-        assert crop.size == (int(row["crop_size"]),) * 2
+        assert crop.size == (int(row["crop_side"]),) * 2
         assert float(row["prob"]) >= 0.9 and row["emotion"] == "happy"
+        # The recorded transform traces the crop back: it takes the face's eyes and nose in the
+        # photo to the template's places in the crop (within 2 px at 48 px).
+        frame = _frame(row)
+        landmarks = np.array([[float(row[f"{n}_{a}"]) for a in "xy"] for n in LANDMARKS])
+        assert np.abs(frame.to_crop(landmarks[:3]) / frame.side - template).max() * 48 < 2
     assert json.loads((tmp_path / "crop.json").read_text()) == metrics
+
+
+def test_align_false_keeps_the_square_around_the_box(tmp_path: Path) -> None:
+    photo, _ = _group_photo()
+    raw = _collect(tmp_path, {"group.png": photo})
+    out = tmp_path / "crops"
+    crop_faces(_params(align=False).crop, raw, out, tmp_path / "crop.json")
+    pixels = np.asarray(photo)
+    for row in _crops(out):
+        x1, y1, x2, y2 = (float(row[key]) for key in ("x1", "y1", "x2", "y2"))
+        frame = _frame(row)
+        side, x, y = frame.side, round(-frame.tx), round(-frame.ty)
+        assert (frame.a, frame.b) == (1.0, 0.0)
+        assert side == round(max(x2 - x1, y2 - y1) * 1.4)  # margin 0.2 on each side
+        assert abs(x + side / 2 - (x1 + x2) / 2) <= 1 and abs(y + side / 2 - (y1 + y2) / 2) <= 1
+        crop = np.asarray(Image.open(out / row["path"]))
+        assert np.array_equal(crop, pixels[y : y + side, x : x + side])
+
+
+def _frame(row: dict[str, str]) -> FaceFrame:
+    a, b, tx, ty = (float(row[f"crop_{key}"]) for key in ("a", "b", "tx", "ty"))
+    return FaceFrame(a, b, tx, ty, int(row["crop_side"]))
 
 
 def test_crop_ids_survive_a_stricter_rerun(tmp_path: Path) -> None:

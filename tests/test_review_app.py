@@ -45,7 +45,7 @@ SCREENSHOTS = Path("/tmp/emogan-review")  # to look at: the grid, the photo view
 # importing that module loads torch).
 CROP_COLUMNS = (
     "crop_id", "path", "source_sha256", "source_path", "emotion", "prob",
-    "x1", "y1", "x2", "y2", "crop_x", "crop_y", "crop_size",
+    "x1", "y1", "x2", "y2", "crop_side", "crop_a", "crop_b", "crop_tx", "crop_ty",
     "left_eye_x", "left_eye_y", "right_eye_x", "right_eye_y", "nose_x", "nose_y",
     "mouth_left_x", "mouth_left_y", "mouth_right_x", "mouth_right_y",
 )  # fmt: skip
@@ -132,7 +132,8 @@ def _rows(photo: np.ndarray, source: tuple[str, str], emotion: str, faces: list,
         landmarks = [cx - w / 4, cy - w / 8, cx + w / 4, cy - w / 8, cx, cy]
         landmarks += [cx - w / 5, cy + w / 4, cx + w / 5, cy + w / 4]
         path = f"images/{crop_id}.png"
-        rows.append([crop_id, path, sha, relative, emotion, prob, *box, x, y, side, *landmarks])
+        frame = (side, 1.0, 0.0, -x, -y)  # a crop.align false square: a pure shift
+        rows.append([crop_id, path, sha, relative, emotion, prob, *box, *frame, *landmarks])
     return rows
 
 
@@ -245,6 +246,10 @@ def test_pages_crops_and_photos_are_served(world: World, base_url: str) -> None:
     x1, y1, x2, y2 = next(c["box"] for c in _state(base_url)["crops"] if c["id"] == crop_id)
     red, green, blue = photo.getpixel((round((x1 + x2) / 2 * 0.8), round(y1 * 0.8)))
     assert red > 200 and green > 150 and blue < 100
+    # and its five landmarks as pink dots (the left eye's: the row's first landmark)
+    eye_x, eye_y = x1 + (x2 - x1) / 4, y1 + (y2 - y1) * 3 / 8
+    red, green, blue = photo.getpixel((round(eye_x * 0.8), round(eye_y * 0.8)))
+    assert red > 200 and green < 110 and blue > 120
 
 
 @pytest.mark.parametrize(

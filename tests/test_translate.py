@@ -19,8 +19,8 @@ from stargan_helpers import SIZE, tiny_params, write_dataset
 
 from emogan.cli import cli
 from emogan.config import Params
-from emogan.data.crop import square_around
 from emogan.data.detect import detect_faces, load_detector
+from emogan.data.framing import FaceFrame, cut_out, frame_faces
 from emogan.data.merge import convert
 from emogan.emotions import EMOTIONS
 from emogan.errors import EmoganError
@@ -93,27 +93,34 @@ def from_folder(
     return out
 
 
-def _squares(params: Params, rgb: np.ndarray) -> list[tuple[int, ...]]:
+def _frames(params: Params, rgb: np.ndarray) -> list[FaceFrame]:
     """Where the crop stage would cut each face of the photo, left to right."""
-    faces = detect_faces(load_detector("cpu"), [rgb])[0]
+    detector = load_detector("cpu")
+    faces = detect_faces(detector, [rgb])[0]
     faces = sorted((f for f in faces if f.prob >= params.crop.min_prob), key=lambda f: f.x1)
-    height, width = rgb.shape[:2]
-    return [square_around(face, params.crop.margin, width, height) for face in faces]
+    return frame_faces(detector, rgb, faces, params.crop)
+
+
+def _covered(frame: FaceFrame, shape: tuple[int, ...]) -> np.ndarray:
+    """The photo's pixels the crop touches, one pixel of interpolation included."""
+    mask = np.zeros(shape[:2], np.uint8)
+    cv2.fillConvexPoly(mask, np.round(frame.corners()).astype(np.int32), 1)
+    return cv2.dilate(mask, np.ones((3, 3), np.uint8)).astype(bool)
 
 
 def test_a_grid_per_face_shows_the_face_as_training_images_are_made(
     from_folder: Path, params: Params, photos: Path
 ) -> None:
     rgb = np.asarray(Image.open(photos / "group.png"))
-    squares = _squares(params, rgb)
-    assert len(squares) == 2
-    assert squares[0][0] < COPIES[1][0] <= squares[1][0]  # face1 is the left copy's
+    frames = _frames(params, rgb)
+    assert len(frames) == 2
+    assert frames[0].corners()[0, 0] < COPIES[1][0] <= frames[1].corners()[0, 0]  # face1: left
 
     layout = Layout(1, SIZE)
-    for number, (x, y, side) in enumerate(squares, 1):
+    for number, frame in enumerate(frames, 1):
         grid = np.asarray(Image.open(from_folder / f"group_face{number}.png"))
         assert grid.shape == layout.shape  # one row, the input and 7 translations
-        expected = convert(rgb[y : y + side, x : x + side], SIZE, 1)
+        expected = convert(cut_out(rgb, frame), SIZE, 1)
         scale = layout.cell // SIZE
         top, left = layout.top(0), layout.left(0)
         cell = grid[top : top + layout.cell, left : left + layout.cell]
@@ -128,19 +135,20 @@ def test_pasted_photos_change_only_the_faces_luminance(
     from_folder: Path, params: Params, photos: Path
 ) -> None:
     rgb = np.asarray(Image.open(photos / "group.png"))
-    squares = _squares(params, rgb)
-    inside = np.zeros(rgb.shape[:2], bool)
-    for x, y, side in squares:
-        inside[y : y + side, x : x + side] = True
-    source = cv2.cvtColor(rgb, cv2.COLOR_RGB2YCrCb).astype(int)
+    frames = _frames(params, rgb)
+    inside = np.logical_or.reduce([_covered(frame, rgb.shape) for frame in frames])
     for emotion in EMOTIONS:
         pasted = np.asarray(Image.open(from_folder / f"group_{emotion}.png"))
         assert pasted.shape == rgb.shape, emotion
         changed = (pasted != rgb).any(axis=-1)
         assert not (changed & ~inside).any(), emotion  # untouched away from the faces
-        ycrcb = cv2.cvtColor(pasted, cv2.COLOR_RGB2YCrCb).astype(int)
-        for x, y, side in squares:
-            diff = np.abs(ycrcb - source)[y : y + side, x : x + side]
+        for frame in frames:
+            side = frame.side
+            before, after = (
+                cv2.cvtColor(cut_out(image, frame), cv2.COLOR_RGB2YCrCb).astype(int)
+                for image in (rgb, pasted)
+            )
+            diff = np.abs(after - before)
             middle = diff[side // 3 : -side // 3, side // 3 : -side // 3]
             # A gray model replaces the brightness; the skin keeps its colour (rounding aside).
             assert middle[..., 0].mean() > 10 and middle[..., 1:].mean() < 3, emotion

@@ -449,6 +449,23 @@ def bench_learning(
     _report(run_bench(params, data, iterations, every, grids))
 
 
+@bench.command("template")
+@click.option(
+    "--per-emotion",
+    type=click.IntRange(min=1),
+    default=30,
+    show_default=True,
+    help="Training faces measured per emotion.",
+)
+@click.pass_context
+def bench_template(ctx: click.Context, per_emotion: int) -> None:
+    """Where MTCNN finds the landmarks on fer2013.path's faces: the values for crop.template."""
+    cfg = _params(ctx).fer2013
+    from emogan.bench.template import bench_template as run_bench
+
+    _report(run_bench(cfg, per_emotion))
+
+
 @bench.command("train")
 @path_option("--data", "data/processed", "The merge stage's output folder.")
 @click.option(

@@ -88,10 +88,31 @@ class CollectConfig(Section):
         return self
 
 
+Share = Annotated[float, Field(strict=True, ge=-0.5, le=1.5)]  # of a frame's side
+
+
+class AlignTemplate(Section):
+    """Where (x, y) MTCNN's eye and nose landmarks sit on the FER-format faces, as shares of the
+    frame's side; the defaults are measured on the demo world's (`emogan bench template`). The
+    mouth corners are left out: they move with the expression, and the frame must not."""
+
+    left_eye: tuple[Share, Share] = (0.328, 0.452)
+    right_eye: tuple[Share, Share] = (0.697, 0.452)
+    nose: tuple[Share, Share] = (0.510, 0.662)
+
+    @model_validator(mode="after")
+    def _eyes_apart(self) -> "AlignTemplate":
+        if self.right_eye[0] - self.left_eye[0] < 0.05:
+            raise ValueError("right_eye must lie at least 0.05 of the frame right of left_eye")
+        return self
+
+
 class CropConfig(Section):
     min_prob: Float = Field(0.9, ge=0.0, le=1.0)
     min_size: Int = Field(20, ge=12)  # shortest side of a kept face box, in pixels
-    margin: Float = Field(0.2, ge=0.0, le=2.0)  # context added on each side, as a share of the box
+    align: Bool = True  # rotate and scale each face onto the template; false: squares around boxes
+    template: AlignTemplate = AlignTemplate()
+    margin: Float = Field(0.2, ge=0.0, le=2.0)  # align false: context on each side, share of box
     device: Str = "auto"
     batch_size: Int = Field(16, ge=1, le=1024)
 

@@ -2,9 +2,10 @@
 one emotion or all seven; a grid per face and, on request, the photo with the translated faces
 blended back in place.
 
-A face is cut out as the crop stage cuts it (the square around MTCNN's box grown by
-crop.margin) and converted as the merge stage makes training images (resized to image_size,
-then gray for a 1-channel model), so G sees what it was trained on. G uses per-image
+A face is cut out as the crop stage cuts it (aligned on its landmarks, or with crop.align false
+the square around MTCNN's box) and converted as the merge stage makes training images (resized
+to image_size, then gray for a 1-channel model), so G sees what it was trained on; pasting back
+undoes the alignment, so a tilted face is edited in place. G uses per-image
 InstanceNorm statistics, as in the samples and evaluate stages (see stargan/model.py).
 """
 
@@ -26,8 +27,9 @@ from tqdm import tqdm
 
 from emogan import atomic
 from emogan.config import CropConfig, MlflowConfig, Params, project_root
-from emogan.data.crop import rank_faces, rejection, square_around
+from emogan.data.crop import rank_faces, rejection
 from emogan.data.detect import detect_faces, load_detector
+from emogan.data.framing import FaceFrame, cut_out, frame_faces, paste_back
 from emogan.data.images import read_rgb
 from emogan.data.merge import convert, resize_square
 from emogan.data.processed import from_pixels, to_pixels
@@ -199,8 +201,8 @@ def _translate_photo(
             f"{photo}: no face found (MTCNN probability >= {crop.min_prob}, "
             f"side >= {crop.min_size} px)"
         )
-    squares = [square_around(face, crop.margin, width, height) for face in kept]
-    faces = torch.stack([_face_tensor(rgb, square, translator) for square in squares])
+    frames = frame_faces(detector, rgb, kept, crop)
+    faces = torch.stack([_face_tensor(rgb, frame, translator) for frame in frames])
     faces = faces.to(next(translator.G.parameters()).device)
     files = []
     for number, face in enumerate(faces, 1):
@@ -209,16 +211,15 @@ def _translate_photo(
     if paste:
         suffix = ".jpg" if photo.suffix.lower() in {".jpg", ".jpeg"} else ".png"
         for target in targets:
-            pasted = paste_faces(rgb, squares, _translate(translator.G, faces, target))
+            pasted = paste_faces(rgb, frames, _translate(translator.G, faces, target))
             name = f"{photo.stem}_{EMOTIONS[target]}{suffix}"
             files.append(_write(out_dir / name, _encode(pasted, suffix)))
     return len(kept), files
 
 
-def _face_tensor(rgb: np.ndarray, square: tuple[int, ...], translator: Translator) -> torch.Tensor:
+def _face_tensor(rgb: np.ndarray, frame: FaceFrame, translator: Translator) -> torch.Tensor:
     """C x image_size x image_size in [-1, 1], made as the merge stage makes a training image."""
-    x, y, side = square
-    pixels = convert(rgb[y : y + side, x : x + side], translator.image_size, translator.channels)
+    pixels = convert(cut_out(rgb, frame), translator.image_size, translator.channels)
     pixels = np.atleast_3d(pixels)  # gray H x W -> H x W x 1
     return from_pixels(torch.from_numpy(pixels).permute(2, 0, 1))
 
@@ -231,25 +232,20 @@ def _translate(G: Generator, faces: torch.Tensor, target: int) -> np.ndarray:
     return to_pixels(fakes).permute(0, 2, 3, 1).cpu().numpy()
 
 
-def paste_faces(
-    rgb: np.ndarray, squares: Sequence[tuple[int, ...]], faces: np.ndarray
-) -> np.ndarray:
+def paste_faces(rgb: np.ndarray, frames: Sequence[FaceFrame], faces: np.ndarray) -> np.ndarray:
     """The photo (H x W x 3 uint8) with each face (N x S x S x C uint8) resized back to its
-    square (x, y, side) and blended in, fading out towards the square's edges; pixels outside
-    every square are left exactly as they were. A gray face replaces only the luminance, so
-    the photo keeps its colours."""
-    out = rgb.copy()
-    for (x, y, side), face in zip(squares, faces, strict=True):
-        region = out[y : y + side, x : x + side]
-        translated = resize_square(np.ascontiguousarray(face), side)
+    frame's side and blended in where it was cut out (rotated back, for an aligned face),
+    fading out towards the crop's edges; pixels outside every crop are left exactly as they
+    were. A gray face replaces only the luminance, so the photo keeps its colours."""
+    out = rgb.astype(np.float32)
+    for frame, face in zip(frames, faces, strict=True):
+        translated = resize_square(np.ascontiguousarray(face), frame.side)
         if translated.ndim == 2 or translated.shape[2] == 1:
-            ycrcb = cv2.cvtColor(region, cv2.COLOR_RGB2YCrCb)
-            ycrcb[..., 0] = translated.reshape(side, side)
+            ycrcb = cv2.cvtColor(cut_out(rgb, frame), cv2.COLOR_RGB2YCrCb)
+            ycrcb[..., 0] = translated.reshape(frame.side, frame.side)
             translated = cv2.cvtColor(ycrcb, cv2.COLOR_YCrCb2RGB)
-        mask = feather_mask(side)[..., None]
-        blended = region * (1.0 - mask) + translated * mask
-        out[y : y + side, x : x + side] = np.rint(blended).astype(np.uint8)
-    return out
+        out = paste_back(out, frame, translated, feather_mask(frame.side))
+    return np.rint(out).astype(np.uint8)
 
 
 def feather_mask(side: int) -> np.ndarray:

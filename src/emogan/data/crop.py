@@ -1,4 +1,5 @@
-"""The crop stage: every face MTCNN finds in every collected photo, as a square crop."""
+"""The crop stage: every face MTCNN finds in every collected photo, as a square crop framed by
+emogan.data.framing (aligned on its landmarks, or the square around its box)."""
 
 import csv
 import io
@@ -13,18 +14,20 @@ from tqdm import tqdm
 from emogan import atomic
 from emogan.config import CropConfig
 from emogan.data.detect import DetectedFace, detect_faces, load_detector
+from emogan.data.framing import FaceFrame, cut_out, frame_faces
 from emogan.data.images import read_rgb
+from emogan.data.landmarks import landmark_columns
 from emogan.device import resolve_device
 from emogan.errors import EmoganError
 
 DEFAULT_RAW_DIR = Path("data/raw")
 DEFAULT_OUT_DIR = Path("data/interim/crops")
 DEFAULT_METRICS_PATH = Path("metrics/crop.json")
-LANDMARKS = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
+# crop_a .. crop_ty: the FaceFrame from photo to crop pixels, so a crop traces back to its photo.
 COLUMNS = (
     "crop_id", "path", "source_sha256", "source_path", "emotion", "prob",
-    "x1", "y1", "x2", "y2", "crop_x", "crop_y", "crop_size",
-    *(f"{name}_{axis}" for name in LANDMARKS for axis in "xy"),
+    "x1", "y1", "x2", "y2", "crop_side", "crop_a", "crop_b", "crop_tx", "crop_ty",
+    *landmark_columns(),
 )  # fmt: skip
 
 
@@ -42,9 +45,7 @@ class Crop:
     crop_id: str
     photo: Photo
     face: DetectedFace
-    x: int
-    y: int
-    size: int
+    frame: FaceFrame
 
 
 def crop_id(sha256: str, rank: int) -> str:
@@ -64,17 +65,6 @@ def rejection(face: DetectedFace, cfg: CropConfig) -> str | None:
     if min(face.x2 - face.x1, face.y2 - face.y1) < cfg.min_size:
         return "rejected_too_small"
     return None
-
-
-def square_around(face: DetectedFace, margin: float, width: int, height: int) -> tuple[int, ...]:
-    """(x, y, side) of a square centred on the face, grown by `margin` on each side, then
-    shrunk and shifted as little as needed to lie inside the photo."""
-    side = max(face.x2 - face.x1, face.y2 - face.y1) * (1 + 2 * margin)
-    side = int(round(min(side, width, height)))
-    cx, cy = (face.x1 + face.x2) / 2, (face.y1 + face.y2) / 2
-    x = int(round(min(max(cx - side / 2, 0), width - side)))
-    y = int(round(min(max(cy - side / 2, 0), height - side)))
-    return x, y, side
 
 
 def crop_faces(
@@ -99,10 +89,12 @@ def crop_faces(
             readable = [(p, rgb) for p, rgb in zip(group, pixels, strict=True) if rgb is not None]
             found = detect_faces(detector, [rgb for _, rgb in readable], cfg.batch_size)
             for (photo, rgb), faces in zip(readable, found, strict=True):
-                kept = _keep(photo, rgb.shape, faces, cfg, counts)
-                crops += kept
-                for crop in kept:
-                    _save_crop(rgb, crop, work / "images")
+                kept = _keep(photo, faces, cfg, counts)
+                frames = frame_faces(detector, rgb, [face for _, face in kept], cfg)
+                for (crop_key, face), frame in zip(kept, frames, strict=True):
+                    crop = Crop(crop_key, photo, face, frame)
+                    Image.fromarray(cut_out(rgb, frame)).save(work / "images" / f"{crop_key}.png")
+                    crops.append(crop)
         _write_csv(work / "crops.csv", crops)
     metrics = _metrics(photos, crops, counts)
     atomic.write_json(Path(metrics_path), metrics)
@@ -151,29 +143,19 @@ def _read(path: Path, min_size: int, counts: Counter[str]) -> np.ndarray | None:
 
 
 def _keep(
-    photo: Photo,
-    shape: tuple[int, ...],
-    faces: list[DetectedFace],
-    cfg: CropConfig,
-    counts: Counter[str],
-) -> list[Crop]:
-    height, width = shape[:2]
+    photo: Photo, faces: list[DetectedFace], cfg: CropConfig, counts: Counter[str]
+) -> list[tuple[str, DetectedFace]]:
+    """The photo's faces kept as crops, with their crop ids; the rest counted by reason."""
     kept = []
     for rank, face in enumerate(rank_faces(faces)):
         reason = rejection(face, cfg)
         if reason:
             counts[reason] += 1
         else:
-            x, y, size = square_around(face, cfg.margin, width, height)
-            kept.append(Crop(crop_id(photo.sha256, rank), photo, face, x, y, size))
+            kept.append((crop_id(photo.sha256, rank), face))
     if not faces:
         counts["images_without_faces"] += 1
     return kept
-
-
-def _save_crop(rgb: np.ndarray, crop: Crop, images: Path) -> None:
-    square = rgb[crop.y : crop.y + crop.size, crop.x : crop.x + crop.size]
-    Image.fromarray(square).save(images / f"{crop.crop_id}.png")
 
 
 def _write_csv(path: Path, crops: list[Crop]) -> None:
@@ -181,11 +163,12 @@ def _write_csv(path: Path, crops: list[Crop]) -> None:
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(COLUMNS)
     for crop in sorted(crops, key=lambda c: c.crop_id):
-        face = crop.face
+        face, frame = crop.face, crop.frame
         writer.writerow([
             crop.crop_id, f"images/{crop.crop_id}.png", crop.photo.sha256, crop.photo.path,
             crop.photo.emotion, round(face.prob, 5),
-            *(round(v, 1) for v in face.box), crop.x, crop.y, crop.size,
+            *(round(v, 1) for v in face.box), frame.side,
+            *(round(v, 6) for v in (frame.a, frame.b, frame.tx, frame.ty)),
             *(round(float(v), 1) for v in face.landmarks.reshape(-1)),
         ])  # fmt: skip
     path.write_text(buffer.getvalue(), encoding="utf-8")

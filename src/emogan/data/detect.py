@@ -8,6 +8,8 @@ import numpy as np
 import torch
 from facenet_pytorch import MTCNN
 
+from emogan.data.landmarks import LANDMARKS  # noqa: F401 (the order of `landmarks` below)
+
 
 @dataclass(frozen=True)
 class DetectedFace:
@@ -16,7 +18,7 @@ class DetectedFace:
     x2: float
     y2: float
     prob: float
-    landmarks: np.ndarray  # 5 x 2 (x, y): eyes, nose, mouth corners
+    landmarks: np.ndarray  # 5 x 2 (x, y), in LANDMARKS order
 
     @property
     def box(self) -> tuple[float, float, float, float]:

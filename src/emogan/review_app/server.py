@@ -25,6 +25,7 @@ from PIL import Image, ImageDraw
 
 from emogan.config import ReviewConfig
 from emogan.data.images import read_rgb
+from emogan.data.landmarks import LANDMARKS
 from emogan.data.review import (
     ReviewDecision,
     forget_decision,
@@ -47,6 +48,7 @@ JSON_TYPE = "application/json"
 LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
 FACE_BOX_COLOUR = (255, 200, 0)
 OTHER_FACES_COLOUR = (0, 190, 255)
+LANDMARK_COLOUR = (255, 60, 160)
 
 Reply = tuple[bytes, str]  # body, content type
 
@@ -68,6 +70,7 @@ class Crop:
     emotion: str  # the photo's keyword folder
     prob: float
     box: tuple[float, float, float, float]  # the face in the source photo: x1, y1, x2, y2
+    landmarks: tuple[tuple[float, float], ...]  # MTCNN's five, in LANDMARKS order, in the photo
 
 
 def _parse_crop(row: dict[str, str], where: str) -> Crop:
@@ -80,6 +83,7 @@ def _parse_crop(row: dict[str, str], where: str) -> Crop:
             row["emotion"],
             float(row["prob"]),
             (float(row["x1"]), float(row["y1"]), float(row["x2"]), float(row["y2"])),
+            tuple((float(row[f"{name}_x"]), float(row[f"{name}_y"])) for name in LANDMARKS),
         )
     except (KeyError, TypeError, ValueError) as error:
         raise EmoganError(f"{where}: not a crop row ({type(error).__name__}: {error})") from None
@@ -182,7 +186,8 @@ class ReviewSession:
         return path.read_bytes()
 
     def photo_jpeg(self, crop_id: str) -> bytes:
-        """The crop's source photo, scaled down, with its face box (and its neighbours') drawn."""
+        """The crop's source photo, scaled down, with its face box and landmarks (and its
+        neighbours' boxes) drawn: the landmarks are what the crop was aligned on."""
         crop = self._crop(crop_id)
         path = _inside(self.raw_dir, crop.source_path)
         if path is None or not path.is_file():
@@ -197,6 +202,10 @@ class ReviewSession:
             if face is not crop:
                 draw.rectangle([v * scale for v in face.box], outline=OTHER_FACES_COLOUR, width=1)
         draw.rectangle([v * scale for v in crop.box], outline=FACE_BOX_COLOUR, width=line)
+        radius = line * 1.5
+        for x, y in crop.landmarks:
+            dot = [x * scale - radius, y * scale - radius, x * scale + radius, y * scale + radius]
+            draw.ellipse(dot, fill=LANDMARK_COLOUR)
         buffer = io.BytesIO()
         image.save(buffer, "JPEG", quality=88)
         return buffer.getvalue()
