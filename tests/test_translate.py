@@ -156,6 +156,33 @@ def test_pasted_photos_change_only_the_faces_luminance(
             assert ring.mean() < middle[..., 0].mean() / 5, emotion  # feathered, no hard seam
 
 
+def test_a_tilted_face_is_edited_in_place(
+    model_dir: Path, params_file: Path, params: Params, tmp_path: Path
+) -> None:
+    turned = Image.open(HOPPER).rotate(
+        30, expand=True, resample=Image.Resampling.BICUBIC, fillcolor=(200, 200, 200)
+    )
+    canvas = Image.new("RGB", (900, 800), (200, 200, 200))
+    canvas.paste(turned, (60, 20))
+    canvas.save(tmp_path / "tilted.png")
+    rgb = np.asarray(canvas)
+    [frame] = _frames(params, rgb)
+    assert 20 < frame.rotation < 40  # turned back upright (Hopper's own tilt aside)
+
+    result = _translate(
+        params_file, tmp_path / "tilted.png", "--model", model_dir, "--out", tmp_path / "out",
+        "--emotion", "happy", "--paste",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    pasted = np.asarray(Image.open(tmp_path / "out" / "tilted_happy.png"))
+    change = np.abs(pasted.astype(int) - rgb).sum(axis=-1)
+    assert not (change.astype(bool) & ~_covered(frame, rgb.shape)).any()  # only the turned crop
+    # ...and fills it: the middle 60% of the crop, mapped into the photo, is edited.
+    grid = np.stack(np.meshgrid(np.linspace(0.2, 0.8, 15), np.linspace(0.2, 0.8, 15)), -1)
+    xs, ys = np.round(frame.to_photo(grid.reshape(-1, 2) * frame.side)).astype(int).T
+    assert (change[ys, xs] > 0).mean() > 0.9
+
+
 def test_a_registered_or_run_model_gives_the_same_grids_as_its_folder(
     from_folder: Path,
     model_dir: Path,
@@ -186,6 +213,7 @@ def test_a_photo_without_faces_and_a_corrupt_one_are_named_and_the_rest_translat
 
     assert done.returncode == 1
     lines = done.stderr.strip().splitlines()
+    assert "the model learned from the drawn demo world" in lines[0]  # tiny_params: demo's FER
     assert f"translate: skipped {photos / 'blank.png'}: no face found" in done.stderr
     assert f"translate: skipped {photos / 'corrupt.jpg'}: unreadable image" in done.stderr
     assert lines[-1] == (

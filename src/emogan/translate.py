@@ -42,6 +42,7 @@ from emogan.stargan.sample import load_generator
 from emogan.tracking import load_logged_generator, resolve_tracking_uri
 
 DEFAULT_MODEL = "models/stargan"
+DEMO_WORLD = Path("data/demo")  # the demo stage's folder
 DEFAULT_OUT_DIR = Path("translations")
 FEATHER = 0.2  # share of a pasted square's side over which it fades into the photo
 JPEG_QUALITY = 95
@@ -78,6 +79,13 @@ def translate_photos(
     others are written, an EmoganError names every skipped photo."""
     photos, out_dir = [Path(photo) for photo in photos], Path(out_dir)
     _refuse_shared_stems(photos, out_dir)
+    if DEMO_WORLD in Path(params.fer2013.path).parents:
+        print(
+            f"translate: note: fer2013.path is {params.fer2013.path}, so the model learned from "
+            "the drawn demo world and has never seen a real face: on a real photo expect a "
+            "blur. For real faces, train on FER2013 (README: Your own data).",
+            file=sys.stderr,
+        )
     targets = ALL_TARGETS if emotion == "all" else (_label(emotion),)
     torch_device = resolve_device(device, "--device")
     translator = load_translator(model, params.mlflow, torch_device)
