@@ -399,3 +399,21 @@ def test_uniform_targets_give_every_emotion_alike_and_shuffled_ones_follow_the_l
         assert torch.allclose(share, expected, atol=0.01), (sampling, share)
     shuffled = draw_targets(labels, "shuffle", generator)
     assert sorted(shuffled.tolist()) == sorted(labels.tolist())  # a permutation of the batch
+
+
+def test_batches_by_emotion_show_a_rare_emotion_as_often_as_any() -> None:
+    """A dataset with one disgust face among 100: by images, batches hold it 1% of the time;
+    by emotions, 1/3 (three emotions present), the one face repeated."""
+    labels = torch.tensor([0] * 60 + [1] * 1 + [3] * 39)
+    images = torch.arange(100.0).reshape(100, 1, 1, 1).expand(100, 1, 2, 2)
+    data = Dataset(images, labels, torch.zeros_like(labels))
+    generator = torch.Generator().manual_seed(0)
+    for sampling, expected in (
+        ("images", torch.bincount(labels, minlength=7) / len(labels)),
+        ("emotions", torch.tensor([1, 1, 0, 1, 0, 0, 0]) / 3),
+    ):
+        drawn = [sample_batch(data, 16, generator, sampling) for _ in range(3000)]
+        share = torch.bincount(torch.cat([batch_labels for _, batch_labels in drawn]), minlength=7)
+        assert torch.allclose(share / share.sum(), expected, atol=0.01), (sampling, share)
+        images, batch_labels = drawn[0]
+        assert torch.equal(labels[images[:, 0, 0, 0].long()], batch_labels)  # image with its label

@@ -163,6 +163,9 @@ class TrainConfig(Section):
     # shuffle: the batch's own labels shuffled (the official code), so a rare emotion is rarely a
     # target; uniform: every emotion equally often.
     target_sampling: Literal["shuffle", "uniform"] = "shuffle"
+    # images: every training image equally likely in a batch (the official code), so D sees a
+    # rare emotion rarely; emotions: every emotion equally likely, its images drawn at random.
+    batch_sampling: Literal["images", "emotions"] = "images"
     lambda_cls: Float = Field(1.0, ge=0.0)
     lambda_rec: Float = Field(10.0, ge=0.0)
     lambda_id: Float = Field(0.0, ge=0.0)  # |G(x, own emotion) - x|; 0 = the official losses

@@ -22,7 +22,9 @@ from emogan.stargan.grid import encode_png, pick_faces, translation_grid
 from emogan.stargan.train import build_networks, sample_batch, train_iteration
 
 C_DIM = len(EMOTIONS)
-CURVE_METRICS = ("target_accuracy_changed", "keep_l1", "cycle_l1", "distinctness", "fid_classifier")
+CURVE_METRICS = (
+    "target_accuracy_changed", "per_target", "keep_l1", "cycle_l1", "distinctness", "fid_classifier"
+)  # fmt: skip
 
 
 def bench_learning(
@@ -43,7 +45,7 @@ def bench_learning(
     faces, labels = pick_faces(test.images, test.labels, params.sample.rows, params.sample.seed)
     curve, train_s, segment = [], 0.0, time.perf_counter()
     for iteration in range(iterations):
-        x_real, label_org = sample_batch(train, cfg.batch_size, generator)
+        x_real, label_org = sample_batch(train, cfg.batch_size, generator, cfg.batch_sampling)
         train_iteration(nets, x_real, label_org, cfg, iteration, generator)
         if (iteration + 1) % every and iteration + 1 != iterations:
             continue

@@ -82,7 +82,9 @@ class _Loop:
             torch.cuda.synchronize(self.device)
         start = time.perf_counter()
         for _ in range(steps):
-            x_real, label_org = sample_batch(self.data, self.cfg.batch_size, self.generator)
+            x_real, label_org = sample_batch(
+                self.data, self.cfg.batch_size, self.generator, self.cfg.batch_sampling
+            )
             train_iteration(
                 self.nets, x_real, label_org, self.cfg, self.iteration, self.generator, self.fast
             )

@@ -1,11 +1,12 @@
 """How a face is framed: the transform from a photo to the square crop that shows one face.
 
 Two framings, one representation. Aligned (crop.align): the similarity (rotation, uniform
-scale, shift) that takes MTCNN's five landmarks as close as least squares can to the template,
-where the FER-format faces have them, so eyes come out level and every face fills the frame as
-FER2013's do. Square (crop.align: false): the square around MTCNN's box grown by a margin, a
-pure shift. Both are a `FaceFrame`, which maps photo pixels to crop pixels and back, so the crop
-stage, the review tool and `emogan translate` (cutting out and pasting back) share one rule.
+scale, shift) that turns MTCNN's eye landmarks level and puts the eyes and nose as close as
+least squares can to the template, where the FER-format faces have them, so that every face
+fills the frame as FER2013's do. Square (crop.align: false): the square around MTCNN's box
+grown by a margin, a pure shift. Both are a `FaceFrame`, which maps photo pixels to crop pixels
+and back, so the crop stage and `emogan translate` (cutting out and pasting back) share one
+rule, and crops.csv records it.
 """
 
 from __future__ import annotations
@@ -47,13 +48,8 @@ class FaceFrame:
         return cv2.invertAffineTransform(self.matrix)
 
     @property
-    def scale(self) -> float:
-        """Crop pixels per photo pixel."""
-        return float(np.hypot(self.a, self.b))
-
-    @property
     def rotation(self) -> float:
-        """Degrees the photo is turned (counter-clockwise as seen) to make the face upright."""
+        """Degrees the photo is turned (clockwise as seen) to make the face upright."""
         return float(np.degrees(np.arctan2(self.b, self.a)))
 
     def to_crop(self, points: np.ndarray) -> np.ndarray:

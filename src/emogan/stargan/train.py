@@ -99,11 +99,16 @@ def logged_losses(cfg: TrainConfig) -> tuple[str, ...]:
 
 
 def sample_batch(
-    data: Dataset, batch_size: int, generator: torch.Generator
+    data: Dataset, batch_size: int, generator: torch.Generator, sampling: str = "images"
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """A random batch with random horizontal flips, drawn on the data's device."""
+    """A random batch with random horizontal flips, drawn on the data's device: every image
+    equally likely ("images"), or every emotion ("emotions", train.batch_sampling)."""
     device = data.images.device
-    index = torch.randint(len(data.labels), (batch_size,), device=device, generator=generator)
+    if sampling == "emotions":
+        weights = 1.0 / torch.bincount(data.labels, minlength=C_DIM)[data.labels].float()
+        index = torch.multinomial(weights, batch_size, replacement=True, generator=generator)
+    else:
+        index = torch.randint(len(data.labels), (batch_size,), device=device, generator=generator)
     x = data.images[index]
     flip = torch.rand(batch_size, 1, 1, 1, device=device, generator=generator) < 0.5
     return torch.where(flip, x.flip(3), x), data.labels[index]
@@ -296,7 +301,9 @@ def _train(
         with _sigterm_flag() as stop:
             for i in range(start, cfg.num_iters):
                 done = i + 1  # logs, grids and checkpoints count iterations done
-                x_real, label_org = sample_batch(data, cfg.batch_size, generator)
+                x_real, label_org = sample_batch(
+                    data, cfg.batch_size, generator, cfg.batch_sampling
+                )
                 window.add(done, train_iteration(nets, x_real, label_org, cfg, i, generator))
                 if done % cfg.log_step == 0 or done == cfg.num_iters:
                     since, averages = window.read()  # the loop's only wait for the device
