@@ -46,7 +46,7 @@ def test_params_yaml_spells_out_every_key_so_dvc_can_override_it() -> None:
 # params.yaml trains the demo preset; the code's defaults are the thesis's (official) values.
 DEMO_PRESET = {"layers": True, "image_size": True, "model": {"g_conv_dim", "d_conv_dim"},
                "train": {"num_iters", "num_iters_decay", "n_critic", "lambda_id", "log_step",
-                         "sample_step", "checkpoint_step"}}  # fmt: skip
+                         "sample_step", "checkpoint_step", "batch_sampling"}}  # fmt: skip
 
 
 def test_params_yaml_values_are_the_code_defaults_but_the_demo_preset() -> None:
