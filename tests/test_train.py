@@ -291,7 +291,7 @@ def _six_iterations(
     params: Params, train: Dataset, fast: bool
 ) -> tuple[list[dict[str, torch.Tensor]], Networks]:
     torch.manual_seed(0)
-    nets = build_networks(params, 1, torch.device("cpu"), fast)
+    nets = build_networks(params, train, fast)
     generator = torch.Generator().manual_seed(0)
     losses = []
     for i in range(6):
@@ -366,7 +366,7 @@ def test_the_identity_loss_is_computed_and_trained_only_when_weighted(data: Path
     for lambda_id in (0.0, 5.0):
         params = tiny_params("sqlite:///unused.db", n_critic=1, lambda_id=lambda_id)
         torch.manual_seed(0)
-        nets = build_networks(params, 1, torch.device("cpu"))
+        nets = build_networks(params, train)
         generator = torch.Generator().manual_seed(0)
         x, labels = sample_batch(train, params.train.batch_size, generator)
         losses = train_iteration(nets, x, labels, params.train, 0, generator)

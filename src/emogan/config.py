@@ -149,6 +149,8 @@ class ModelConfig(Section):
     d_conv_dim: Int = Field(32, ge=1)
     g_layers: Int | None = Field(None, ge=1)  # residual blocks in G; null -> top-level layers
     d_layers: Int | None = Field(None, ge=1)  # strided convs in D; null -> top-level layers
+    # unit_gradient: D starts where the gradient penalty wants it (model.py); pytorch: official
+    d_init: Literal["unit_gradient", "pytorch"] = "unit_gradient"
 
 
 class TrainConfig(Section):

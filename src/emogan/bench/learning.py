@@ -40,7 +40,7 @@ def bench_learning(
     decay = round(params.train.num_iters_decay * iterations / params.train.num_iters)
     cfg = params.train.model_copy(update={"num_iters": iterations, "num_iters_decay": decay})
     torch.manual_seed(cfg.seed)
-    nets = build_networks(params, train.images.size(1), device)
+    nets = build_networks(params, train)
     generator = torch.Generator(device).manual_seed(cfg.seed)
     faces, labels = pick_faces(test.images, test.labels, params.sample.rows, params.sample.seed)
     curve, train_s, segment = [], 0.0, time.perf_counter()

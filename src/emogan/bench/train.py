@@ -69,7 +69,7 @@ class _Loop:
         self.cfg, self.data, self.fast = params.train, data, fast
         self.device = data.images.device
         torch.manual_seed(self.cfg.seed)
-        self.nets: Networks = build_networks(params, data.images.size(1), self.device, fast)
+        self.nets: Networks = build_networks(params, data, fast)
         self.generator = torch.Generator(self.device).manual_seed(self.cfg.seed)
         self.iteration = 0
 

@@ -40,13 +40,19 @@ from emogan.stargan.checkpoint import (
     save_checkpoint,
 )
 from emogan.stargan.grid import encode_png, pick_faces, translation_grid
-from emogan.stargan.model import Discriminator, Generator, check_architecture
+from emogan.stargan.model import (
+    Discriminator,
+    Generator,
+    check_architecture,
+    start_at_unit_gradient,
+)
 from emogan.tracking import TrainingRun, resolve_tracking_uri, run_tags
 
 C_DIM = len(EMOTIONS)
 REGISTERED_MODEL = "emogan-stargan"  # the MLflow model registry name of the generator
 LOSS_NAMES = ("D/loss_real", "D/loss_fake", "D/loss_cls", "D/loss_gp",
               "G/loss_fake", "G/loss_rec", "G/loss_cls", "G/loss_id")  # fmt: skip
+CALIBRATION_FACES = 256  # real training faces model.d_init's unit_gradient is measured on
 PROGRESS_LOSSES = ("D/loss_cls", "G/loss_rec", "G/loss_cls")  # shown beside the progress bar
 DEFAULT_DATA_DIR = Path("data/processed")
 DEFAULT_OUT_DIR = Path("models/stargan")
@@ -63,18 +69,20 @@ class Networks:
     d_optimizer: torch.optim.Adam
 
 
-def build_networks(
-    params: Params, channels: int, device: torch.device, fast: bool = True
-) -> Networks:
-    """G, D and their Adam optimizers on device. On CUDA, `fast` lays the networks out
-    channels-last (cuDNN's quickest convolutions), fuses Adam's update into one kernel and allows
-    TF32 matmuls; with train.compile it compiles G on any device. The weights and the update are
-    the same math either way."""
+def build_networks(params: Params, data: Dataset, fast: bool = True) -> Networks:
+    """G, D and their Adam optimizers on data's device, for data's channel count; D starts as
+    model.d_init says, calibrated on data's first CALIBRATION_FACES faces. On CUDA, `fast` lays
+    the networks out channels-last (cuDNN's quickest convolutions), fuses Adam's update into one
+    kernel and allows TF32 matmuls; with train.compile it compiles G on any device. The weights
+    and the update are the same math either way."""
     check_architecture(params.image_size, params.d_layers)
+    channels, device = data.images.size(1), data.images.device
     G = Generator(channels, C_DIM, params.model.g_conv_dim, params.g_layers).to(device)
     D = Discriminator(
         channels, params.image_size, C_DIM, params.model.d_conv_dim, params.d_layers
     ).to(device)
+    if params.model.d_init == "unit_gradient":
+        start_at_unit_gradient(D, data.images[:CALIBRATION_FACES])
     # On 2 CPU cores channels-last measured slower (layout copies around InstanceNorm) and the
     # fused update too.
     cuda = fast and device.type == "cuda"
@@ -264,7 +272,7 @@ def _train(
     ckpt_path = checkpoint_path(root / checkpoint_dir, config_id)
 
     torch.manual_seed(cfg.seed)
-    nets = build_networks(params, config["channels"], device)
+    nets = build_networks(params, data)
     generator = torch.Generator(device).manual_seed(cfg.seed)  # drives batches, targets, GP mix
     progress = load_checkpoint(ckpt_path, config_id, vars(nets), generator) or Progress()
     world.replicate((nets.G, nets.D), (nets.g_optimizer, nets.d_optimizer))
@@ -457,6 +465,7 @@ def resolved_config(params: Params) -> dict[str, object]:
         "d_conv_dim": params.model.d_conv_dim,
         "g_layers": params.g_layers,
         "d_layers": params.d_layers,
+        "d_init": params.model.d_init,
         **params.train.model_dump(),
     }
 
