@@ -3,13 +3,18 @@ matplotlib's public-domain portrait of Grace Hopper."""
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import cv2
 import matplotlib.cbook
+import mlflow.pyfunc
 import numpy as np
 import pytest
 import yaml
@@ -199,6 +204,78 @@ def test_a_registered_or_run_model_gives_the_same_grids_as_its_folder(
             name = f"group_face{number}.png"
             assert (out / name).read_bytes() == (from_folder / name).read_bytes(), uri
         assert sorted(path.name for path in out.iterdir()) == ["group_face1.png", "group_face2.png"]
+
+
+def test_the_registered_model_served_over_http_translates_as_emogan_translate_does(
+    from_folder: Path,
+    model_dir: Path,
+    params: Params,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The faces `emogan translate` cut from the photo and its translations, read off its grids.
+    layout = Layout(1, SIZE)
+    cells = [np.asarray(Image.open(from_folder / f"group_face{n}.png")) for n in (1, 2)]
+    step = layout.cell // SIZE
+    columns = [
+        np.stack(
+            [cell[layout.top(0) :: step, layout.left(c) :: step][:SIZE, :SIZE, 0] for cell in cells]
+        )
+        for c in range(1 + len(EMOTIONS))
+    ]
+    faces, translations = columns[0], np.stack(columns[1:], axis=1)  # N x S x S, N x 7 x S x S
+    uri = f"models:/{REGISTERED_MODEL}/1"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", params.mlflow.tracking_uri)
+    model = mlflow.pyfunc.load_model(uri)
+    assert np.array_equal(model.predict(faces), translations)
+    happy = model.predict(faces, params={"emotion": "happy"})
+    assert np.array_equal(happy, translations[:, [EMOTIONS.index("happy")]])
+
+    port = _free_port()
+    command = [Path(sys.executable).with_name("mlflow"), "models", "serve", "-m", uri,
+               "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
+    log = (tmp_path / "serve.log").open("wb")
+    server = subprocess.Popen(command, stdout=log, stderr=log, start_new_session=True)
+    try:
+        _wait_for(f"http://127.0.0.1:{port}/ping", server, tmp_path / "serve.log")
+        status, reply = _post(port, {"inputs": faces.tolist(), "params": {"emotion": "sad"}})
+        assert status == 200
+        sad = translations[:, [EMOTIONS.index("sad")]]
+        assert np.array_equal(np.array(reply["predictions"], np.uint8), sad)
+        status, reply = _post(port, {"inputs": faces.tolist(), "params": {"emotion": "joy"}})
+        assert (status, reply["error_code"]) == (400, "INVALID_PARAMETER_VALUE")
+        assert "'joy' is not one of angry, disgust" in reply["message"]
+        status, reply = _post(port, {"inputs": faces[:, :10].tolist()})
+        assert (status, reply["error_code"]) == (400, "INVALID_PARAMETER_VALUE")
+        assert f"does not match expected shape (-1, {SIZE}, {SIZE})" in reply["message"]
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+
+def _wait_for(url: str, server: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        assert server.poll() is None, log.read_text()
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except OSError:
+            time.sleep(0.5)
+    raise AssertionError(f"{url} did not answer: {log.read_text()}")
+
+
+def _post(port: int, body: dict) -> tuple[int, dict]:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/invocations",
+        json.dumps(body).encode(),
+        {"Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as reply:
+            return reply.status, json.loads(reply.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
 
 
 def test_a_photo_without_faces_and_a_corrupt_one_are_named_and_the_rest_translated(

@@ -22,7 +22,6 @@ judge_fooled, collapsed (distinctness near 0) and copies_input (keep L1 near 0).
 says how their thresholds were chosen.
 """
 
-import json
 import math
 import pickle
 from collections.abc import Callable
@@ -40,7 +39,7 @@ from emogan.data.processed import Dataset, check_images, load_split
 from emogan.device import resolve_device
 from emogan.emotions import EMOTIONS
 from emogan.errors import EmoganError
-from emogan.stargan.sample import load_generator
+from emogan.stargan.trained import load_generator, training_run_id
 from emogan.tracking import TrainingRun
 
 C_DIM = len(EMOTIONS)
@@ -343,7 +342,7 @@ def _log_to_training_run(
     confusion_path: Path,
     step: int,
 ) -> None:
-    run_id = json.loads((model_dir / "run.json").read_text(encoding="utf-8"))["mlflow_run_id"]
+    run_id = training_run_id(model_dir)
     if not run_id:
         return
     run = TrainingRun.attach(params.mlflow, project_root(), run_id)

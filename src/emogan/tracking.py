@@ -1,4 +1,4 @@
-"""All MLflow calls of emogan; the only module that imports mlflow.
+"""All MLflow calls of emogan but the generator's python_function model (emogan.serving).
 
 A training must not die because its bookkeeping did: once a `TrainingRun` exists, every call
 is best-effort. The first tracking failure is reported as one line on stderr, later ones are
@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
-import mlflow
+import mlflow.pyfunc
 import numpy as np
 import torch
 from mlflow import MlflowClient
@@ -29,6 +29,7 @@ from mlflow.utils.time import get_current_time_millis
 
 from emogan.config import MlflowConfig
 from emogan.errors import EmoganError
+from emogan.serving import FaceTranslator, log_translator
 
 GENERATOR_ARTIFACT_PATH = "generator"
 MAX_PARAM_CHARS = 6000  # MLflow refuses longer param values, and with them the whole batch
@@ -43,24 +44,16 @@ HTTP_SETTINGS = {
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
     # Ending a run on a server prints "View run ... at ..." to stdout, in the middle of our output.
     "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+    # A bar per file downloaded has no place in a training's or a command's output.
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
 }
 
-# Creating a sqlite store's tables, and registering a model version, announce themselves at
-# INFO level on stderr.
+# Creating a sqlite store's tables, registering a model version and logging the generator
+# announce themselves at INFO level on stderr.
 logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
 logging.getLogger("alembic").setLevel(logging.WARNING)
 logging.getLogger("mlflow.store.model_registry.abstract_store").setLevel(logging.WARNING)
-# Warnings about choices made on purpose in _log_generator, repeated on every call: pickling,
-# and an input example that MLflow's one-tensor serving cannot feed to G's (x, c).
-EXPECTED_WARNINGS = {
-    "mlflow.pytorch": "Saving pytorch model by Pickle",
-    "mlflow.models.model": "Failed to validate serving input example",
-}
-for _logger_name, _message in EXPECTED_WARNINGS.items():
-    logging.getLogger(_logger_name).addFilter(
-        lambda record, message=_message: not record.getMessage().startswith(message)
-    )
-
+logging.getLogger("mlflow.pyfunc").setLevel(logging.WARNING)  # "Validating input example ..."
 T = TypeVar("T")
 
 
@@ -177,20 +170,14 @@ class TrainingRun:
             )
 
     def log_generator(
-        self,
-        generator: torch.nn.Module,
-        registered_name: str,
-        input_example: np.ndarray | None = None,
+        self, model_dir: Path, config: dict, example: np.ndarray, registered_name: str
     ) -> None:
-        """Log the generator as an MLflow PyTorch model named "generator" and register it under
-        registered_name (a new version each call); loads back with
-        `mlflow.pytorch.load_model("models:/<registered_name>/<version>")`.
-
-        The input example, if any, is stored with the model for reference only: G takes an
-        image batch and a label batch, while MLflow's PyTorch flavor serves one-tensor models,
-        so no signature is inferred from it."""
+        """Log the generator of model_dir (the train stage's folder, trained with config) as
+        an MLflow python_function model named "generator" (emogan.serving) with example (uint8
+        faces) as its input example, and register it under registered_name (a new version each
+        call); `mlflow.pyfunc.load_model("models:/<registered_name>/<version>")` loads it."""
         self._when_running(
-            lambda run_id: self._log_generator(run_id, generator, registered_name, input_example)
+            lambda run_id: self._log_generator(run_id, model_dir, config, example, registered_name)
         )
 
     def end(self, status: str = "FINISHED") -> None:
@@ -267,12 +254,13 @@ class TrainingRun:
     def _log_generator(
         self,
         run_id: str,
-        generator: torch.nn.Module,
+        model_dir: Path,
+        config: dict,
+        example: np.ndarray,
         registered_name: str,
-        input_example: np.ndarray | None,
     ) -> None:
         run = self._client.get_run(run_id)
-        # Created here rather than by log_model, which would pick the experiment from the
+        # Created here rather than by Model.log, which would pick the experiment from the
         # environment or an active run before looking at run_id.
         model = self._client.create_logged_model(
             run.info.experiment_id,
@@ -281,16 +269,7 @@ class TrainingRun:
             params=run.data.params,
         )
         with _global_tracking_uri(self.tracking_uri):
-            mlflow.pytorch.log_model(
-                generator,
-                name=GENERATOR_ARTIFACT_PATH,
-                model_id=model.model_id,
-                run_id=run_id,
-                input_example=input_example,
-                signature=False,
-                # "pt2", the default, traces the model with one input tensor; G takes two.
-                serialization_format="pickle",
-            )
+            log_translator(model_dir, config, example, run_id, model.model_id)
             # A sqlite registry looks the logged model up through the global URI too.
             self._register(registered_name, model.model_id, run_id)
 
@@ -326,27 +305,23 @@ class TrainingRun:
             return None
 
 
-def load_logged_generator(
-    model_uri: str, tracking_uri: str
-) -> tuple[torch.nn.Module, dict[str, str]]:
-    """The generator that `TrainingRun.log_generator` logged, on the CPU, and the params of the
-    training run that logged it (channels, image_size, ...). model_uri is any MLflow model URI
+def load_logged_generator(model_uri: str, tracking_uri: str) -> tuple[torch.nn.Module, dict]:
+    """The generator that `TrainingRun.log_generator` logged, on the CPU, and the config it was
+    trained with (channels, image_size, ...). model_uri is any MLflow model URI
     (`models:/<name>/<version>`, `models:/<name>@<alias>`, `runs:/<run_id>/generator`), resolved
-    in the store at tracking_uri, the registry included. A store that cannot be reached or a URI
-    that does not resolve is an EmoganError of one line."""
-    client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
-    # A command's output, unlike a training's, has no room for a download bar per file.
-    quiet = {**HTTP_SETTINGS, "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+    in the store at tracking_uri, the registry included. A store that cannot be reached, a URI
+    that does not resolve or a model that is not an emogan generator is an EmoganError of one
+    line."""
     try:
-        with _environment(quiet), _global_tracking_uri(tracking_uri):
-            run_id = mlflow.models.get_model_info(model_uri).run_id
-            model = mlflow.pytorch.load_model(model_uri, map_location="cpu")
-            params = client.get_run(run_id).data.params if run_id else {}
+        with _environment(HTTP_SETTINGS), _global_tracking_uri(tracking_uri):
+            translator = mlflow.pyfunc.load_model(model_uri).unwrap_python_model()
     except (MlflowException, OSError) as error:
         raise EmoganError(
             f"{model_uri}: cannot load it from the MLflow store {tracking_uri}: {_one_line(error)}"
         ) from None
-    return model, dict(params)
+    if not isinstance(translator, FaceTranslator):
+        raise EmoganError(f"{model_uri}: a {type(translator).__name__}, not an emogan generator")
+    return translator.generator, translator.config
 
 
 def flatten_params(params: Mapping[str, object], prefix: str = "") -> dict[str, str]:

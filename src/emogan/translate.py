@@ -32,13 +32,13 @@ from emogan.data.detect import detect_faces, load_detector
 from emogan.data.framing import FaceFrame, cut_out, frame_faces, paste_back
 from emogan.data.images import read_rgb
 from emogan.data.merge import convert, resize_square
-from emogan.data.processed import from_pixels, to_pixels
+from emogan.data.processed import from_pixels
 from emogan.device import resolve_device
 from emogan.emotions import EMOTIONS, LABEL_OF
 from emogan.errors import EmoganError
 from emogan.stargan.grid import ALL_TARGETS, encode_png, translation_grid
 from emogan.stargan.model import Generator
-from emogan.stargan.sample import load_generator
+from emogan.stargan.trained import CONFIG_FILE, load_generator, translate_faces
 from emogan.tracking import load_logged_generator, resolve_tracking_uri
 
 DEFAULT_MODEL = "models/stargan"
@@ -128,7 +128,7 @@ def load_translator(model: str, mlflow: MlflowConfig, device: torch.device) -> T
     describes."""
     if _URI.match(model):
         G, config = load_logged_generator(model, resolve_tracking_uri(mlflow, project_root()))
-        where = f"{model} (its training run's params)"
+        where = f"{model} (its {CONFIG_FILE})"
     else:
         G, config = _load_folder(Path(model))
         where = f"{Path(model) / 'config.json'}"
@@ -219,7 +219,7 @@ def _translate_photo(
     if paste:
         suffix = ".jpg" if photo.suffix.lower() in {".jpg", ".jpeg"} else ".png"
         for target in targets:
-            pasted = paste_faces(rgb, frames, _translate(translator.G, faces, target))
+            pasted = paste_faces(rgb, frames, translate_faces(translator.G, faces, target))
             name = f"{photo.stem}_{EMOTIONS[target]}{suffix}"
             files.append(_write(out_dir / name, _encode(pasted, suffix)))
     return len(kept), files
@@ -230,14 +230,6 @@ def _face_tensor(rgb: np.ndarray, frame: FaceFrame, translator: Translator) -> t
     pixels = convert(cut_out(rgb, frame), translator.image_size, translator.channels)
     pixels = np.atleast_3d(pixels)  # gray H x W -> H x W x 1
     return from_pixels(torch.from_numpy(pixels).permute(2, 0, 1))
-
-
-@torch.no_grad()
-def _translate(G: Generator, faces: torch.Tensor, target: int) -> np.ndarray:
-    """N x H x W x C uint8: every face translated into one emotion."""
-    labels = torch.full((faces.size(0),), target, device=faces.device)
-    fakes = G(faces, F.one_hot(labels, len(EMOTIONS)).float())
-    return to_pixels(fakes).permute(0, 2, 3, 1).cpu().numpy()
 
 
 def paste_faces(rgb: np.ndarray, frames: Sequence[FaceFrame], faces: np.ndarray) -> np.ndarray:

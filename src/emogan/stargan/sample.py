@@ -1,6 +1,5 @@
 """The samples stage: translation grids of fixed test faces from the trained generator."""
 
-import json
 from pathlib import Path
 
 import torch
@@ -10,9 +9,8 @@ from emogan.config import Params, project_root
 from emogan.data.merge import SOURCES
 from emogan.data.processed import check_images, load_split
 from emogan.emotions import EMOTIONS
-from emogan.errors import EmoganError
 from emogan.stargan.grid import encode_png, pick_faces, translation_grid
-from emogan.stargan.model import Generator
+from emogan.stargan.trained import load_generator, training_run_id
 from emogan.tracking import TrainingRun
 
 DEFAULT_MODEL_DIR = Path("models/stargan")
@@ -50,24 +48,9 @@ def make_samples(
         for name, grid in grids.items():
             (work / f"{name}.png").write_bytes(encode_png(grid))
 
-    run_id = json.loads((model_dir / "run.json").read_text(encoding="utf-8"))["mlflow_run_id"]
+    run_id = training_run_id(model_dir)
     if run_id:
         run = TrainingRun.attach(params.mlflow, project_root(), run_id)
         for name in grids:
             run.log_artifact(out_dir / f"{name}.png", "samples/final")
     return {"grids": sorted(grids), "rows": rows, "out_dir": str(out_dir), "mlflow_run_id": run_id}
-
-
-def load_generator(model_dir: Path) -> tuple[Generator, dict]:
-    """The trained G and the resolved config it was trained with (the train stage's out)."""
-    config_path = Path(model_dir) / "config.json"
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise EmoganError(f"{config_path}: not found (run the train stage first)") from None
-    G = Generator(config["channels"], config["c_dim"], config["g_conv_dim"], config["g_layers"])
-    weights = torch.load(
-        config_path.with_name("generator.pt"), map_location="cpu", weights_only=True
-    )
-    G.load_state_dict(weights)
-    return G, config

@@ -31,6 +31,7 @@ from emogan.data.processed import Dataset, check_images, dataset_hash, load_spli
 from emogan.device import emulates_bf16
 from emogan.emotions import EMOTIONS
 from emogan.errors import EmoganError
+from emogan.serving import model_input
 from emogan.stargan import distributed
 from emogan.stargan.checkpoint import (
     Progress,
@@ -46,6 +47,7 @@ from emogan.stargan.model import (
     check_architecture,
     start_at_unit_gradient,
 )
+from emogan.stargan.trained import CONFIG_FILE, DISCRIMINATOR_FILE, GENERATOR_FILE, RUN_FILE
 from emogan.tracking import TrainingRun, resolve_tracking_uri, run_tags
 
 C_DIM = len(EMOTIONS)
@@ -368,16 +370,16 @@ def _train(
     }
     with atomic.atomic_path(Path(out_dir)) as work:
         work.mkdir()
-        torch.save(nets.G.state_dict(), work / "generator.pt")
-        torch.save(nets.D.state_dict(), work / "discriminator.pt")
-        (work / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-        (work / "run.json").write_text(json.dumps(run_info, indent=2, sort_keys=True) + "\n")
+        torch.save(nets.G.state_dict(), work / GENERATOR_FILE)
+        torch.save(nets.D.state_dict(), work / DISCRIMINATOR_FILE)
+        (work / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        (work / RUN_FILE).write_text(json.dumps(run_info, indent=2, sort_keys=True) + "\n")
     atomic.write_json(Path(metrics_path), metrics)
     run.log_artifact(Path(loss_log))
     params_yaml = yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False)
     _log_bytes(run, "params.yaml", params_yaml.encode("utf-8"))
     run.log_artifact(ckpt_path, "checkpoint")
-    run.log_generator(nets.G, REGISTERED_MODEL)
+    run.log_generator(Path(out_dir), config, model_input(faces[:2]), REGISTERED_MODEL)
     run.end("FINISHED")
     # The run is complete and its checkpoint is in MLflow; a new run of this configuration
     # (DVC reruns only when a dependency changed) starts from scratch.
