@@ -12,7 +12,7 @@ from torch import nn
 
 from emogan.classifier import train_classifier
 from emogan.config import Params
-from emogan.data.processed import load_split
+from emogan.data.processed import dataset_hash, load_split
 from emogan.emotions import EMOTIONS
 from emogan.errors import EmoganError
 from emogan.evaluate import (
@@ -28,6 +28,7 @@ from emogan.evaluate import (
     translate_test_set,
     warning_lines,
 )
+from emogan.serving import REGISTERED_MODEL
 from emogan.stargan.train import train_stargan
 
 C = len(EMOTIONS)
@@ -252,6 +253,13 @@ def test_the_stage_scores_a_trained_model_and_logs_to_its_training_run(
     history = client.get_metric_history(run_id, "eval/overall/keep_l1")
     assert [m.step for m in history] == [params.train.num_iters]
     assert [a.path for a in client.list_artifacts(run_id, "eval")] == ["eval/confusion.csv"]
+    # The test split it was scored on is part of the run's one dataset input, data/processed.
+    assert [used.dataset.digest for used in run.inputs.dataset_inputs] == [dataset_hash(data)]
+    registry = MlflowClient(params.mlflow.tracking_uri, registry_uri=params.mlflow.tracking_uri)
+    [version] = registry.search_model_versions(f"name='{REGISTERED_MODEL}' and run_id='{run_id}'")
+    fer = metrics["fer2013"]
+    row = f"| fer2013 | {fer['target_accuracy_changed']:.3f} | {fer['judge_accuracy_real']:.3f} |"
+    assert row in version.description and "Trained by run" in version.description
 
 
 @pytest.fixture(scope="module")

@@ -22,9 +22,9 @@ from stargan_helpers import tiny_params, write_dataset
 
 from emogan.config import MlflowConfig
 from emogan.data.processed import from_pixels
-from emogan.serving import FaceTranslator
+from emogan.serving import REGISTERED_MODEL, FaceTranslator
 from emogan.stargan.model import Generator
-from emogan.stargan.train import REGISTERED_MODEL, train_stargan
+from emogan.stargan.train import train_stargan
 from emogan.stargan.trained import CONFIG_FILE, GENERATOR_FILE, load_generator, translate_faces
 from emogan.tracking import TrainingRun, flatten_params, git_commit, resolve_tracking_uri
 

@@ -1,5 +1,6 @@
 """The train stage on a tiny dataset: outputs, MLflow run, resume, SIGTERM, divergence."""
 
+import getpass
 import json
 import os
 import signal
@@ -16,13 +17,13 @@ from mlflow import MlflowClient
 from stargan_helpers import tiny_params, write_dataset
 
 from emogan.config import Params
-from emogan.data.processed import Dataset, load_split
+from emogan.data.processed import Dataset, dataset_hash, dataset_profile, load_split
 from emogan.errors import EmoganError
+from emogan.serving import REGISTERED_MODEL
 from emogan.stargan import train as train_module
 from emogan.stargan.model import Discriminator, Generator
 from emogan.stargan.train import (
     LOSS_NAMES,
-    REGISTERED_MODEL,
     Networks,
     build_networks,
     draw_targets,
@@ -114,7 +115,7 @@ def test_outputs_load_and_the_checkpoint_is_gone_after_success(straight: Paths) 
 
 
 def test_the_mlflow_run_has_params_tags_metrics_artifacts_and_the_model(
-    straight: Paths, tracking_uri: str
+    straight: Paths, data: Path, tracking_uri: str
 ) -> None:
     client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
     run_id = json.loads((straight.out / "run.json").read_text())["mlflow_run_id"]
@@ -125,7 +126,14 @@ def test_the_mlflow_run_has_params_tags_metrics_artifacts_and_the_model(
     assert (params["num_iters"], params["image_size"], params["channels"]) == ("8", "16", "1")
     tags = run.data.tags
     assert tags["device"] == "cpu" and tags["torch_version"] == torch.__version__
-    assert len(tags["data_hash"]) == 64 and tags["mlflow.source.git.commit"]
+    assert tags["data_hash"] == dataset_hash(data) and tags["mlflow.source.git.commit"]
+    assert (tags["mlflow.source.name"], tags["mlflow.user"]) == ("emogan train", getpass.getuser())
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # training runs
+    [used] = run.inputs.dataset_inputs
+    assert (used.dataset.name, used.dataset.digest) == (data.as_posix(), dataset_hash(data))
+    assert json.loads(used.dataset.profile) == dataset_profile(data)
+    assert [(tag.key, tag.value) for tag in used.tags] == [("mlflow.data.context", "training")]
     history = client.get_metric_history(run_id, "D/loss_gp")
     assert [metric.step for metric in history] == [3, 6, 8]
     assert [m.step for m in client.get_metric_history(run_id, "G/loss_rec")] == [3, 6, 8]
@@ -133,8 +141,9 @@ def test_the_mlflow_run_has_params_tags_metrics_artifacts_and_the_model(
                  for a in client.list_artifacts(run_id, folder)}  # fmt: skip
     assert {"samples/iter_4.png", "samples/iter_8.png", "loss.csv", "params.yaml",
             "checkpoint/checkpoint.pt"} <= artifacts  # fmt: skip
-    versions = client.search_model_versions(f"name='{REGISTERED_MODEL}'")
-    assert run_id in {version.run_id for version in versions}
+    [version] = client.search_model_versions(f"name='{REGISTERED_MODEL}' and run_id='{run_id}'")
+    assert version.description.startswith("StarGAN generator: 1 residual blocks in G, 1 strided")
+    assert f"#/experiments/{run.info.experiment_id}/runs/{run_id}" in version.description
 
 
 def test_a_sigterm_stop_and_resume_equals_the_straight_run(

@@ -29,8 +29,9 @@ from emogan.data.framing import FaceFrame, cut_out, frame_faces
 from emogan.data.merge import convert
 from emogan.emotions import EMOTIONS
 from emogan.errors import EmoganError
+from emogan.serving import REGISTERED_MODEL
 from emogan.stargan.grid import AMBER, GAP, HEADER, Layout
-from emogan.stargan.train import REGISTERED_MODEL, train_stargan
+from emogan.stargan.train import train_stargan
 
 HOPPER = Path(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
 CANVAS = (800, 400)  # width, height; wide enough for both copies and background around them

@@ -219,15 +219,16 @@ def train_classifier(
     train = data.subset(fit_index)
     val = data.subset(val_index) if len(val_index) else None
     config = {"channels": params.merge.channels, "image_size": params.image_size}
-    root = project_root()
+    root, data_hash = project_root(), dataset_hash(data_dir)
     run = TrainingRun.start(
         params.mlflow,
         root,
         run_id=None,
         run_name="classifier",
         params={**cfg.model_dump(), **config},
-        tags=run_tags(root, device, os.environ.get("DVC_EXP_NAME"), dataset_hash(data_dir)),
+        tags=run_tags(root, device, os.environ.get("DVC_EXP_NAME"), data_hash, "emogan classifier"),
     )
+    run.log_dataset(data_dir, data_hash, "training")
     try:
         start = time.perf_counter()
         fit = fit_with_validation(train, val, cfg, device)

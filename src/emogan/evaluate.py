@@ -39,6 +39,7 @@ from emogan.data.processed import Dataset, check_images, load_split
 from emogan.device import resolve_device
 from emogan.emotions import EMOTIONS
 from emogan.errors import EmoganError
+from emogan.serving import REGISTERED_MODEL, model_description
 from emogan.stargan.trained import load_generator, training_run_id
 from emogan.tracking import TrainingRun
 
@@ -297,7 +298,7 @@ def evaluate_translations(
     atomic.write_text(
         Path(confusion_path), confusion_csv(done.target, done.predicted, ("target", "predicted"))
     )
-    _log_to_training_run(params, model_dir, metrics, Path(confusion_path), config["num_iters"])
+    _log_to_training_run(params, model_dir, config, metrics, Path(confusion_path))
     return metrics
 
 
@@ -338,18 +339,19 @@ class InceptionFid:
 def _log_to_training_run(
     params: Params,
     model_dir: Path,
+    config: dict,
     metrics: dict,
     confusion_path: Path,
-    step: int,
 ) -> None:
     run_id = training_run_id(model_dir)
     if not run_id:
         return
     run = TrainingRun.attach(params.mlflow, project_root(), run_id)
-    run.log_metrics(mlflow_metrics(metrics), step)
+    run.log_metrics(mlflow_metrics(metrics), config["num_iters"])
     # One tag, always written, so a rerun that clears a warning clears it in MLflow too.
     run.set_tags({WARNINGS_TAG: "\n".join(warning_lines(metrics).values()) or "none"})
     run.log_artifact(confusion_path, "eval")
+    run.describe_model(REGISTERED_MODEL, model_description(config, metrics))
 
 
 def mlflow_metrics(metrics: dict) -> dict[str, float]:

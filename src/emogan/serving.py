@@ -11,6 +11,7 @@ a face from a photo is `emogan translate`'s work. Param `emotion`: one of the 7 
 
 import shutil
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from emogan.emotions import EMOTIONS, LABEL_OF
 from emogan.stargan.model import Generator
 from emogan.stargan.trained import CONFIG_FILE, GENERATOR_FILE, load_generator, translate_faces
 
+REGISTERED_MODEL = "emogan-stargan"  # the generator's name in the MLflow model registry
 MODEL_DIR_ARTIFACT = "generator"  # the artifact: a folder with generator.pt and config.json
 EMOTION_PARAM, ALL_EMOTIONS = "emotion", "all"
 
@@ -69,6 +71,40 @@ def model_signature(channels: int, image_size: int) -> ModelSignature:
         outputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, *face))]),
         params=ParamSchema([ParamSpec(EMOTION_PARAM, "string", ALL_EMOTIONS)]),
     )
+
+
+def model_description(config: Mapping[str, Any], scores: Mapping[str, Any] | None = None) -> str:
+    """A model version's description (markdown): the training settings that matter and, once
+    the evaluate stage has run, its per-source scores (eval.json) beside the judge's ceiling."""
+    lines = [
+        f"StarGAN generator: {config['g_layers']} residual blocks in G, {config['d_layers']} "
+        f"strided convolutions in D, {config['g_conv_dim']}/{config['d_conv_dim']} filters, "
+        f"{config['image_size']} px with {config['channels']} channel(s), "
+        f"{config['num_iters']} iterations (n_critic {config['n_critic']}), seed {config['seed']}.",
+        "",
+    ]
+    if scores is None:
+        lines.append("Scores: not yet evaluated (the evaluate stage adds them here).")
+    else:
+        lines.append(
+            "| source | target accuracy (changed) | judge on real faces | keep L1 | FID (judge) |"
+        )
+        lines.append("|---|---|---|---|---|")
+        for scope in ("fer2013", "custom"):
+            if scores.get(scope, {}).get("target_accuracy_changed") is not None:
+                s = scores[scope]
+                lines.append(
+                    f"| {scope} | {s['target_accuracy_changed']:.3f} | "
+                    f"{s['judge_accuracy_real']:.3f} | {s['keep_l1']:.3f} | "
+                    f"{s['fid_classifier']:.2f} |"
+                )
+    lines += [
+        "",
+        f"Input: N x {config['image_size']} x {config['image_size']} uint8 faces; param "
+        f"`{EMOTION_PARAM}`: an emotion or `{ALL_EMOTIONS}`. "
+        "`mlflow.pyfunc.load_model(uri).predict(faces, params={...})`.",
+    ]
+    return "\n".join(lines)
 
 
 def log_translator(

@@ -10,6 +10,8 @@ also uses MLflow's global state elsewhere is not disturbed. The one exception is
 store for the duration of that call and restored afterwards.
 """
 
+import getpass
+import json
 import logging
 import os
 import subprocess
@@ -23,11 +25,12 @@ import mlflow.pyfunc
 import numpy as np
 import torch
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, Run, RunTag
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, Run, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.utils.time import get_current_time_millis
 
 from emogan.config import MlflowConfig
+from emogan.data.processed import dataset_profile
 from emogan.errors import EmoganError
 from emogan.serving import FaceTranslator, log_translator
 
@@ -54,6 +57,14 @@ logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
 logging.getLogger("alembic").setLevel(logging.WARNING)
 logging.getLogger("mlflow.store.model_registry.abstract_store").setLevel(logging.WARNING)
 logging.getLogger("mlflow.pyfunc").setLevel(logging.WARNING)  # "Validating input example ..."
+# MLflow 3's UI opens an experiment on the pages of its kind (the experiment tag
+# mlflow.experimentKind; without it, the GenAI overview): ours holds training runs.
+EXPERIMENT_KIND = "mlflow.experimentKind"
+TRAINING_KIND = (EXPERIMENT_KIND, "custom_model_development")
+FINAL_SAMPLES = "samples/final"  # where the samples stage logs the trained generator's grids
+SAMPLE_GRID = f"{FINAL_SAMPLES}/all.png"
+DATA_CONTEXT = "mlflow.data.context"  # a dataset input's role
+
 T = TypeVar("T")
 
 
@@ -78,11 +89,19 @@ def git_commit(root: Path) -> str | None:
 
 
 def run_tags(
-    root: Path, device: torch.device, exp_name: str | None, data_hash: str
+    root: Path, device: torch.device, exp_name: str | None, data_hash: str, entry_point: str
 ) -> dict[str, str]:
-    """What every training run records of where it ran: the data, device, torch version, git
-    commit and, under `dvc exp run`, the experiment's name."""
-    tags = {"data_hash": data_hash, "device": str(device), "torch_version": torch.__version__}
+    """What every run records of where it ran: the data, device, torch version, the command
+    (the UI's Source column), the user, the git commit and, under `dvc exp run`, the
+    experiment's name."""
+    tags = {
+        "data_hash": data_hash,
+        "device": str(device),
+        "torch_version": torch.__version__,
+        "mlflow.source.name": entry_point,
+        "mlflow.source.type": "LOCAL",
+        "mlflow.user": getpass.getuser(),
+    }
     if commit := git_commit(root):
         tags["mlflow.source.git.commit"] = commit  # shown as the run's commit in the MLflow UI
     if exp_name:
@@ -170,14 +189,44 @@ class TrainingRun:
             )
 
     def log_generator(
-        self, model_dir: Path, config: dict, example: np.ndarray, registered_name: str
+        self,
+        model_dir: Path,
+        config: dict,
+        example: np.ndarray,
+        registered_name: str,
+        description: str,
     ) -> None:
         """Log the generator of model_dir (the train stage's folder, trained with config) as
         an MLflow python_function model named "generator" (emogan.serving) with example (uint8
         faces) as its input example, and register it under registered_name (a new version each
-        call); `mlflow.pyfunc.load_model("models:/<registered_name>/<version>")` loads it."""
+        call) with description, followed by links to this run and its sample grid;
+        `mlflow.pyfunc.load_model("models:/<registered_name>/<version>")` loads it."""
         self._when_running(
-            lambda run_id: self._log_generator(run_id, model_dir, config, example, registered_name)
+            lambda run_id: self._log_generator(
+                run_id, model_dir, config, example, registered_name, description
+            )
+        )
+
+    def log_dataset(self, data_dir: Path, digest: str, context: str) -> None:
+        """Record data_dir (data/processed) as an input of the run, the runs table's Dataset
+        column: named by its path, with digest (dvc.lock's hash of it), its absolute path as
+        source and its images per split and emotion as profile; context is its role
+        ("training"). MLflow keeps one input per dataset and run: a second call is a no-op."""
+        data_dir = Path(data_dir)
+        dataset = Dataset(
+            name=data_dir.as_posix(),
+            digest=digest,
+            source_type="local",
+            source=json.dumps({"uri": data_dir.resolve().as_uri()}),
+            profile=json.dumps(dataset_profile(data_dir)),
+        )
+        entry = DatasetInput(dataset, [InputTag(DATA_CONTEXT, context)])
+        self._when_running(lambda run_id: self._client.log_inputs(run_id, datasets=[entry]))
+
+    def describe_model(self, registered_name: str, description: str) -> None:
+        """Set the description of every version of registered_name that this run registered."""
+        self._when_running(
+            lambda run_id: self._describe_model(run_id, registered_name, description)
         )
 
     def end(self, status: str = "FINISHED") -> None:
@@ -219,9 +268,13 @@ class TrainingRun:
     def _experiment_id(self, name: str) -> str:
         experiment = self._client.get_experiment_by_name(name)
         if experiment is not None:
+            if EXPERIMENT_KIND not in experiment.tags:  # a kind chosen in the UI stays
+                self._client.set_experiment_tag(experiment.experiment_id, *TRAINING_KIND)
             return experiment.experiment_id
         try:
-            return self._client.create_experiment(name, artifact_location=self._artifact_root())
+            return self._client.create_experiment(
+                name, artifact_location=self._artifact_root(), tags=dict([TRAINING_KIND])
+            )
         except MlflowException as error:
             # Another training (a parallel `dvc exp run` queue) created it meanwhile.
             if error.error_code != "RESOURCE_ALREADY_EXISTS":
@@ -258,6 +311,7 @@ class TrainingRun:
         config: dict,
         example: np.ndarray,
         registered_name: str,
+        description: str,
     ) -> None:
         run = self._client.get_run(run_id)
         # Created here rather than by Model.log, which would pick the experiment from the
@@ -271,9 +325,9 @@ class TrainingRun:
         with _global_tracking_uri(self.tracking_uri):
             log_translator(model_dir, config, example, run_id, model.model_id)
             # A sqlite registry looks the logged model up through the global URI too.
-            self._register(registered_name, model.model_id, run_id)
+            self._register(registered_name, model.model_id, run, description)
 
-    def _register(self, name: str, model_id: str, run_id: str) -> None:
+    def _register(self, name: str, model_id: str, run: Run, description: str) -> None:
         # Done here, not by log_model(registered_model_name=...), which prints two lines to
         # stderr and registers in the global registry rather than in this run's store.
         try:
@@ -282,8 +336,17 @@ class TrainingRun:
             if error.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
         self._client.create_model_version(
-            name, source=f"models:/{model_id}", run_id=run_id, model_id=model_id
+            name,
+            source=f"models:/{model_id}",
+            run_id=run.info.run_id,
+            model_id=model_id,
+            description=_with_links(description, run),
         )
+
+    def _describe_model(self, run_id: str, name: str, description: str) -> None:
+        text = _with_links(description, self._client.get_run(run_id))
+        for version in self._client.search_model_versions(f"name='{name}' and run_id='{run_id}'"):
+            self._client.update_model_version(name, version.version, text)
 
     def _when_running(self, action: Callable[[str], object]) -> None:
         if self.run_id is not None:
@@ -322,6 +385,15 @@ def load_logged_generator(model_uri: str, tracking_uri: str) -> tuple[torch.nn.M
     if not isinstance(translator, FaceTranslator):
         raise EmoganError(f"{model_uri}: a {type(translator).__name__}, not an emogan generator")
     return translator.generator, translator.config
+
+
+def _with_links(description: str, run: Run) -> str:
+    """description, then links (within the MLflow UI) to the run and its final sample grid."""
+    page = f"#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
+    return (
+        f"{description}\n\nTrained by run [{run.info.run_name}]({page}); sample grid: "
+        f"[{SAMPLE_GRID}]({page}/artifactPath/{SAMPLE_GRID})."
+    )
 
 
 def flatten_params(params: Mapping[str, object], prefix: str = "") -> dict[str, str]:

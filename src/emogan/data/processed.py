@@ -3,6 +3,7 @@ into one tensor, checked against the shape the networks are built for, and hashe
 
 import csv
 import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import torch
 from PIL import Image
 
 from emogan.data.merge import SOURCES
+from emogan.emotions import EMOTIONS
 from emogan.errors import EmoganError
 
 
@@ -77,13 +79,26 @@ def check_images(
 
 
 def dataset_hash(data_dir: Path) -> str:
-    """sha256 over every file of data_dir (index.csv and the images) with its relative path."""
+    """The hash DVC gives data_dir (`<md5>.dir`, as dvc.lock records it): the md5 of the JSON
+    list of its files' md5 and relative paths. The MLflow runs carry it, so a run and a
+    `dvc.lock` entry can be matched."""
     data_dir = Path(data_dir)
-    files = sorted((path.relative_to(data_dir).as_posix(), path) for path in data_dir.rglob("*"))
-    digest = hashlib.sha256()
-    for name, path in files:
-        if path.is_file():
-            data = path.read_bytes()
-            digest.update(f"{name}\0{len(data)}\0".encode())
-            digest.update(data)
-    return digest.hexdigest()
+    files = sorted(
+        (path.relative_to(data_dir).as_posix(), path)
+        for path in data_dir.rglob("*")
+        if path.is_file()
+    )
+    listing = [
+        {"md5": hashlib.md5(path.read_bytes()).hexdigest(), "relpath": name} for name, path in files
+    ]
+    return hashlib.md5(json.dumps(listing, sort_keys=True).encode()).hexdigest() + ".dir"
+
+
+def dataset_profile(data_dir: Path) -> dict[str, dict[str, int]]:
+    """Images per split and emotion, from data_dir's index.csv: {"train": {"angry": n, ...}}."""
+    counts: dict[str, dict[str, int]] = {}
+    with (Path(data_dir) / "index.csv").open(newline="", encoding="utf-8") as handle:
+        for row in csv.DictReader(handle):
+            split = counts.setdefault(row["split"], dict.fromkeys(EMOTIONS, 0))
+            split[row["emotion"]] += 1
+    return counts

@@ -11,7 +11,7 @@ from emogan.data.processed import check_images, load_split
 from emogan.emotions import EMOTIONS
 from emogan.stargan.grid import encode_png, pick_faces, translation_grid
 from emogan.stargan.trained import load_generator, training_run_id
-from emogan.tracking import TrainingRun
+from emogan.tracking import FINAL_SAMPLES, TrainingRun
 
 DEFAULT_MODEL_DIR = Path("models/stargan")
 DEFAULT_DATA_DIR = Path("data/processed")
@@ -52,5 +52,5 @@ def make_samples(
     if run_id:
         run = TrainingRun.attach(params.mlflow, project_root(), run_id)
         for name in grids:
-            run.log_artifact(out_dir / f"{name}.png", "samples/final")
+            run.log_artifact(out_dir / f"{name}.png", FINAL_SAMPLES)
     return {"grids": sorted(grids), "rows": rows, "out_dir": str(out_dir), "mlflow_run_id": run_id}

@@ -31,7 +31,7 @@ from emogan.data.processed import Dataset, check_images, dataset_hash, load_spli
 from emogan.device import emulates_bf16
 from emogan.emotions import EMOTIONS
 from emogan.errors import EmoganError
-from emogan.serving import model_input
+from emogan.serving import REGISTERED_MODEL, model_description, model_input
 from emogan.stargan import distributed
 from emogan.stargan.checkpoint import (
     Progress,
@@ -51,7 +51,6 @@ from emogan.stargan.trained import CONFIG_FILE, DISCRIMINATOR_FILE, GENERATOR_FI
 from emogan.tracking import TrainingRun, resolve_tracking_uri, run_tags
 
 C_DIM = len(EMOTIONS)
-REGISTERED_MODEL = "emogan-stargan"  # the MLflow model registry name of the generator
 LOSS_NAMES = ("D/loss_real", "D/loss_fake", "D/loss_cls", "D/loss_gp",
               "G/loss_fake", "G/loss_rec", "G/loss_cls", "G/loss_id")  # fmt: skip
 CALIBRATION_FACES = 256  # real training faces model.d_init's unit_gradient is measured on
@@ -298,10 +297,11 @@ def _train(
             run_id=progress.run_id,
             run_name=f"stargan-L{params.layers}-{exp_name or config_id[:8]}",
             params={"layers": params.layers, **config},
-            tags=run_tags(root, device, exp_name, data_hash)
+            tags=run_tags(root, device, exp_name, data_hash, "emogan train")
             | {"fingerprint": config_id}
             | world.tags(),
         )
+        run.log_dataset(data_dir, data_hash, "training")
         _write_loss_log(Path(loss_log), logged_losses(cfg), loss_rows)
 
     t0 = time.perf_counter()
@@ -379,7 +379,9 @@ def _train(
     params_yaml = yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False)
     _log_bytes(run, "params.yaml", params_yaml.encode("utf-8"))
     run.log_artifact(ckpt_path, "checkpoint")
-    run.log_generator(Path(out_dir), config, model_input(faces[:2]), REGISTERED_MODEL)
+    run.log_generator(
+        Path(out_dir), config, model_input(faces[:2]), REGISTERED_MODEL, model_description(config)
+    )
     run.end("FINISHED")
     # The run is complete and its checkpoint is in MLflow; a new run of this configuration
     # (DVC reruns only when a dependency changed) starts from scratch.
