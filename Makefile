@@ -25,4 +25,7 @@ lint: $(INSTALLED)
 	ruff format --check .
 
 mlflow-ui: $(INSTALLED)
-	mlflow ui --backend-store-uri sqlite:///mlflow.db
+	@$(BIN)/python -c "from emogan.config import load_params, project_root; \
+	  from emogan.tracking import training_runs_page; \
+	  print('training runs:', training_runs_page(load_params().mlflow, project_root(), 'http://127.0.0.1:5000'))"
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db

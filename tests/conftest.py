@@ -1,17 +1,47 @@
-"""Shared fixtures. `http_server`: a real HTTP server on 127.0.0.1 with scripted replies."""
+"""Shared fixtures. `http_server`: a real HTTP server on 127.0.0.1 with scripted replies;
+`chromium`: the system's Chromium for Playwright, required in CI."""
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
+import os
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture
+def chromium() -> str:
+    """Chromium's path; skipped without it or Playwright, except in CI, which must run it."""
+    problem = None
+    if not CHROMIUM.exists():
+        problem = f"{CHROMIUM} is missing (apt-get install chromium)"
+    elif importlib.util.find_spec("playwright") is None:
+        problem = "the playwright package is missing (pip install -e '.[test]')"
+    if problem and os.environ.get("CI"):
+        pytest.fail(f"CI must run the browser test: {problem}")
+    if problem:
+        pytest.skip(problem)
+    return str(CHROMIUM)
 
 
 @dataclass(frozen=True)

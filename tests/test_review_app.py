@@ -5,10 +5,8 @@ from __future__ import annotations
 import csv
 import hashlib
 import http.client
-import importlib.util
 import io
 import json
-import os
 import select
 import signal
 import socket
@@ -22,6 +20,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from conftest import CHROMIUM_ARGS
 from matplotlib import cbook
 from PIL import Image
 
@@ -30,16 +29,6 @@ from emogan.data.review import ReviewDecision, read_decisions
 from emogan.emotions import EMOTIONS
 from emogan.review_app.server import create_server
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 SCREENSHOTS = Path("/tmp/emogan-review")  # to look at: the grid, the photo view, a failed save
 # crops.csv as the crop stage writes it (emogan.data.crop.COLUMNS, spelled out here because
 # importing that module loads torch).
@@ -400,20 +389,6 @@ def _start_server(world: World, port: int) -> subprocess.Popen:
         server.kill()
         pytest.fail(f"the review server did not start: {line!r}")
     return server
-
-
-@pytest.fixture
-def chromium() -> str:
-    problem = None
-    if not CHROMIUM.exists():
-        problem = f"{CHROMIUM} is missing (apt-get install chromium)"
-    elif importlib.util.find_spec("playwright") is None:
-        problem = "the playwright package is missing (pip install -e '.[test]')"
-    if problem and os.environ.get("CI"):
-        pytest.fail(f"CI must run the browser test: {problem}")
-    if problem:
-        pytest.skip(problem)
-    return str(CHROMIUM)
 
 
 def _tile(page, crop_id: str):

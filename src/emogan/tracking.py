@@ -57,10 +57,12 @@ logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
 logging.getLogger("alembic").setLevel(logging.WARNING)
 logging.getLogger("mlflow.store.model_registry.abstract_store").setLevel(logging.WARNING)
 logging.getLogger("mlflow.pyfunc").setLevel(logging.WARNING)  # "Validating input example ..."
-# MLflow 3's UI opens an experiment on the pages of its kind (the experiment tag
-# mlflow.experimentKind; without it, the GenAI overview): ours holds training runs.
+# What kind of experiment this is, in MLflow 3's terms: training runs. MLflow 3.0-3.x UIs open
+# an experiment on its kind's pages; 3.17's opens on the GenAI pages unless the browser chose
+# "Model training" once, or the address asks for it (TRAINING_VIEW, what `make mlflow-ui` shows).
 EXPERIMENT_KIND = "mlflow.experimentKind"
 TRAINING_KIND = (EXPERIMENT_KIND, "custom_model_development")
+TRAINING_VIEW = "workflowType=machine_learning"
 FINAL_SAMPLES = "samples/final"  # where the samples stage logs the trained generator's grids
 SAMPLE_GRID = f"{FINAL_SAMPLES}/all.png"
 DATA_CONTEXT = "mlflow.data.context"  # a dataset input's role
@@ -75,6 +77,16 @@ def resolve_tracking_uri(cfg: MlflowConfig, root: Path) -> str:
     if from_env := os.environ.get("MLFLOW_TRACKING_URI"):
         return from_env
     return f"sqlite:///{Path(root).resolve() / 'mlflow.db'}"
+
+
+def training_runs_page(cfg: MlflowConfig, root: Path, ui_url: str) -> str:
+    """The address of cfg.experiment's training runs in the MLflow UI at ui_url (its list of
+    experiments while the experiment does not exist yet)."""
+    experiment = MlflowClient(resolve_tracking_uri(cfg, root)).get_experiment_by_name(
+        cfg.experiment
+    )
+    page = f"experiments/{experiment.experiment_id}" if experiment else "experiments"
+    return f"{ui_url}/#/{page}?{TRAINING_VIEW}"
 
 
 def git_commit(root: Path) -> str | None:
