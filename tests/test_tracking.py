@@ -117,7 +117,7 @@ def test_a_run_records_params_tags_metrics_artifacts_and_a_loadable_generator(
     model_dir, config = _model_folder(tmp_path / "model", generator)
     # The user's own MLflow setting, which logging the generator must leave as it was.
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'elsewhere.db'}")
-    run.log_generator(model_dir, config, FACES[:1], registered_name=cfg.experiment)
+    run.log_generator(model_dir, config, FACES[:1], cfg.experiment, "A tiny generator.")
     run.end()
     assert mlflow.get_tracking_uri() == f"sqlite:///{tmp_path / 'elsewhere.db'}"
 
@@ -148,6 +148,7 @@ def test_a_run_records_params_tags_metrics_artifacts_and_a_loadable_generator(
     assert np.array_equal(loaded.predict(FACES), _translations(generator, FACES))
     version = client.get_model_version(cfg.experiment, "1")
     assert version.run_id == run.run_id
+    assert version.description.startswith("A tiny generator.\n\nTrained by run [test-run](#/")
 
 
 def test_a_resumed_run_is_the_same_run_and_its_metrics_continue(
@@ -262,7 +263,7 @@ def test_training_goes_on_when_the_tracking_server_dies(
     run.log_metrics({"G/loss": 1.0, "D/loss": float("nan")}, step=1)
     (tmp_path / "params.yaml").write_text("layers: 3\n")
     run.log_artifact(tmp_path / "params.yaml")
-    run.log_generator(*_model_folder(tmp_path / "model"), FACES[:1], registered_name="over-http")
+    run.log_generator(*_model_folder(tmp_path / "model"), FACES[:1], "over-http", "Tiny.")
     remote = MlflowClient(url)
     assert run.failures == 0
     assert [a.path for a in remote.list_artifacts(run.run_id)] == ["params.yaml"]
