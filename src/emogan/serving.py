@@ -30,7 +30,9 @@ from emogan.stargan.model import Generator
 from emogan.stargan.trained import CONFIG_FILE, GENERATOR_FILE, load_generator, translate_faces
 
 REGISTERED_MODEL = "emogan-stargan"  # the generator's name in the MLflow model registry
-MODEL_DIR_ARTIFACT = "generator"  # the artifact: a folder with generator.pt and config.json
+# The logged model's name (runs:/<run_id>/generator) and its one artifact, a folder with
+# generator.pt and config.json.
+GENERATOR_MODEL = "generator"
 EMOTION_PARAM, ALL_EMOTIONS = "emotion", "all"
 
 
@@ -41,7 +43,7 @@ class FaceTranslator(PythonModel):
     config: dict
 
     def load_context(self, context: PythonModelContext) -> None:
-        self.generator, self.config = load_generator(Path(context.artifacts[MODEL_DIR_ARTIFACT]))
+        self.generator, self.config = load_generator(Path(context.artifacts[GENERATOR_MODEL]))
 
     def predict(
         self,
@@ -118,12 +120,12 @@ def log_translator(
             shutil.copy(Path(model_dir) / name, Path(folder) / name)
         Model.log(
             artifact_path=None,  # the 2.x name of `name`, still a required argument
-            name=MODEL_DIR_ARTIFACT,
+            name=GENERATOR_MODEL,
             flavor=mlflow.pyfunc,
             run_id=run_id,  # pyfunc.log_model has no run_id: it would start a run of its own
             model_id=model_id,
             python_model=str(Path(__file__).with_name("pyfunc_model.py")),
-            artifacts={MODEL_DIR_ARTIFACT: folder},
+            artifacts={GENERATOR_MODEL: folder},
             signature=model_signature(config["channels"], config["image_size"]),
             input_example=example,
             # Listed, not inferred: inference loads the model in a subprocess, for many seconds.

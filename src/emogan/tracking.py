@@ -32,9 +32,8 @@ from mlflow.utils.time import get_current_time_millis
 from emogan.config import MlflowConfig
 from emogan.data.processed import dataset_profile
 from emogan.errors import EmoganError
-from emogan.serving import FaceTranslator, log_translator
+from emogan.serving import GENERATOR_MODEL, FaceTranslator, log_translator
 
-GENERATOR_ARTIFACT_PATH = "generator"
 MAX_PARAM_CHARS = 6000  # MLflow refuses longer param values, and with them the whole batch
 BATCH_SIZE = 100  # the most params or tags MLflow accepts in one log_batch call
 REPORT_HEAD_CHARS, REPORT_TAIL_CHARS = 200, 150  # of a failure reported on one line
@@ -330,7 +329,7 @@ class TrainingRun:
         # environment or an active run before looking at run_id.
         model = self._client.create_logged_model(
             run.info.experiment_id,
-            name=GENERATOR_ARTIFACT_PATH,
+            name=GENERATOR_MODEL,
             source_run_id=run_id,
             params=run.data.params,
         )

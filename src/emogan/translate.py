@@ -38,7 +38,7 @@ from emogan.emotions import EMOTIONS, LABEL_OF
 from emogan.errors import EmoganError
 from emogan.stargan.grid import ALL_TARGETS, encode_png, translation_grid
 from emogan.stargan.model import Generator
-from emogan.stargan.trained import CONFIG_FILE, load_generator, translate_faces
+from emogan.stargan.trained import CONFIG_FILE, GENERATOR_FILE, load_generator, translate_faces
 from emogan.tracking import load_logged_generator, resolve_tracking_uri
 
 DEFAULT_MODEL = "models/stargan"
@@ -131,7 +131,7 @@ def load_translator(model: str, mlflow: MlflowConfig, device: torch.device) -> T
         where = f"{model} (its {CONFIG_FILE})"
     else:
         G, config = _load_folder(Path(model))
-        where = f"{Path(model) / 'config.json'}"
+        where = f"{Path(model) / CONFIG_FILE}"
     if not isinstance(G, Generator):
         raise EmoganError(f"{model}: a {type(G).__name__}, not an emogan StarGAN generator")
     try:
@@ -152,16 +152,16 @@ def _load_folder(folder: Path) -> tuple[Generator, dict]:
     except OSError as error:
         raise EmoganError(f"{error.filename}: {error.strerror}") from None
     except KeyError as error:
-        raise EmoganError(f"{folder / 'config.json'}: no {error.args[0]!r} value") from None
+        raise EmoganError(f"{folder / CONFIG_FILE}: no {error.args[0]!r} value") from None
     except ValueError as error:  # json's error for a file that is not JSON
-        raise EmoganError(f"{folder / 'config.json'}: not valid JSON ({error})") from None
+        raise EmoganError(f"{folder / CONFIG_FILE}: not valid JSON ({error})") from None
     except (RuntimeError, pickle.UnpicklingError) as error:
         problem = _first_line(error)
         if str(error).startswith("Error(s) in loading state_dict"):
             raise EmoganError(
-                f"{folder / 'generator.pt'} does not fit {folder / 'config.json'}: {problem}"
+                f"{folder / GENERATOR_FILE} does not fit {folder / CONFIG_FILE}: {problem}"
             ) from None
-        raise EmoganError(f"{folder / 'generator.pt'}: unreadable ({problem})") from None
+        raise EmoganError(f"{folder / GENERATOR_FILE}: unreadable ({problem})") from None
 
 
 def _check_takes(G: Generator, channels: int, image_size: int, where: str) -> None:

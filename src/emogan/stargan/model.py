@@ -105,9 +105,10 @@ def start_at_unit_gradient(D: Discriminator, faces: torch.Tensor) -> None:
     norm of dD(x)/dx over these real faces is 1, the value the gradient penalty asks for.
 
     With PyTorch's default initialisation each strided layer shrinks that gradient about 7x
-    (0.0006 at 5 layers on 32 px faces). The penalty's first updates then push most of D's units
-    into LeakyReLU's 0.01 slope, D's features stop depending on the face, and its emotion
-    classifier never leaves chance (BENCHMARKS.md, "every layers value learns")."""
+    (0.0006 at 5 layers on 32 px faces). D's first updates, each of Adam's fixed size, must then
+    grow it by orders of magnitude, and on the way they push most of D's units onto LeakyReLU's
+    0.01 slope (with or without the penalty): D's features stop depending on the face and its
+    emotion classifier never leaves chance (BENCHMARKS.md, "Every layers value learns")."""
     for conv in (m for m in D.modules() if isinstance(m, nn.Conv2d)):
         if conv.bias is not None:
             nn.init.zeros_(conv.bias)
