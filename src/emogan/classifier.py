@@ -27,10 +27,6 @@ from emogan.device import resolve_device
 from emogan.emotions import EMOTIONS
 from emogan.tracking import TrainingRun, run_tags
 
-DEFAULT_DATA_DIR = Path("data/processed")
-DEFAULT_OUT_DIR = Path("models/classifier")
-DEFAULT_METRICS_PATH = Path("metrics/classifier.json")
-DEFAULT_CONFUSION_PATH = Path("metrics/classifier_confusion.csv")
 DEFAULT_WIDTH = ClassifierConfig().width
 MODEL_FILE, CONFIG_FILE = "classifier.pt", "config.json"
 
@@ -200,10 +196,10 @@ def load_classifier(model_dir: Path, device: torch.device) -> nn.Module:
 
 def train_classifier(
     params: Params,
-    data_dir: Path = DEFAULT_DATA_DIR,
-    out_dir: Path = DEFAULT_OUT_DIR,
-    metrics_path: Path = DEFAULT_METRICS_PATH,
-    confusion_path: Path = DEFAULT_CONFUSION_PATH,
+    data_dir: Path,
+    out_dir: Path,
+    metrics_path: Path,
+    confusion_path: Path,
 ) -> dict:
     """The classifier stage. Fits on data_dir's train split less a stratified
     classifier.val_fraction, which picks the epoch; nothing is chosen on the test split, read

@@ -17,9 +17,21 @@ F = TypeVar("F", bound=Callable[..., Any])
 OutPath = click.Path(path_type=Path)
 
 
-def path_option(flag: str, default: str, help: str) -> Callable[[F], F]:
-    """A file or folder option whose default is where dvc.yaml expects it."""
+def path_option(
+    flag: str, help: str, *, default: str | None = None, required: bool = True
+) -> Callable[[F], F]:
+    """A file or folder option. A stage's paths have no default: dvc.yaml's `cmd` names every
+    one, so they are spelled only there, beside the stage's deps and outs."""
+    if default is None:
+        return click.option(flag, type=OutPath, required=required, help=help)
     return click.option(flag, type=OutPath, default=Path(default), show_default=True, help=help)
+
+
+def _require_paths(ctx: click.Context, **paths: Path | None) -> None:
+    """For a stage that is also a group: its sub-commands (`collect search`) need no paths."""
+    missing = [f"--{name.replace('_', '-')}" for name, path in paths.items() if path is None]
+    if missing:
+        raise click.UsageError(f"missing {', '.join(missing)} (dvc.yaml's cmd passes them)", ctx)
 
 
 def _params(ctx: click.Context) -> Params:
@@ -51,7 +63,7 @@ def cli(ctx: click.Context, params: Path) -> None:
 
 
 @cli.command()
-@path_option("--out", "data/demo", "Folder to (re)write the demo world into.")
+@path_option("--out", "Folder to (re)write the demo world into.")
 @click.pass_context
 def demo(ctx: click.Context, out: Path) -> None:
     """Draw the offline demo world: scene photos + manifest, a FER2013-format CSV, ground truth."""
@@ -64,18 +76,19 @@ def demo(ctx: click.Context, out: Path) -> None:
 @cli.group(invoke_without_command=True)
 @path_option(
     "--out",
-    "data/raw",
     "Folder for images/<emotion>/<sha256>.<ext> and the provenance manifest.csv.",
+    required=False,
 )
-@path_option("--metrics", "metrics/collect.json", "Per-emotion counts and failures by reason.")
+@path_option("--metrics", "Per-emotion counts and failures by reason.", required=False)
 @click.pass_context
-def collect(ctx: click.Context, out: Path, metrics: Path) -> None:
+def collect(ctx: click.Context, out: Path | None, metrics: Path | None) -> None:
     """Fetch every image of collect.manifest (or collect.from_dir) into data/raw.
 
     Validates, dedupes and records provenance; re-running skips what is already stored.
     """
     if ctx.invoked_subcommand is not None:
         return
+    _require_paths(ctx, out=out, metrics=metrics)
     cfg = _params(ctx).collect
     from emogan.data.collect import collect_images
 
@@ -96,11 +109,9 @@ def search(ctx: click.Context) -> None:
 
 
 @cli.command()
-@path_option("--raw", "data/raw", "The collect stage's output folder.")
-@path_option("--out", "data/interim/crops", "Folder for images/<crop_id>.png and crops.csv.")
-@path_option(
-    "--metrics", "metrics/crop.json", "Images, faces, faces per image, rejections by reason."
-)
+@path_option("--raw", "The collect stage's output folder.")
+@path_option("--out", "Folder for images/<crop_id>.png and crops.csv.")
+@path_option("--metrics", "Images, faces, faces per image, rejections by reason.")
 @click.pass_context
 def crop(ctx: click.Context, raw: Path, out: Path, metrics: Path) -> None:
     """Crop every face MTCNN finds (crop.min_prob, crop.min_size) as a square with crop.margin."""
@@ -111,42 +122,35 @@ def crop(ctx: click.Context, raw: Path, out: Path, metrics: Path) -> None:
 
 
 @cli.command("simulate-review")
-@path_option("--demo", "data/demo", "The demo world, whose ground_truth.csv decides.")
-@path_option("--raw", "data/raw", "The collect stage's output folder.")
-@path_option("--crops", "data/interim/crops", "The crop stage's output folder.")
-@path_option(
-    "--metrics",
-    "metrics/simulated_review.json",
-    "Decisions per action and the crop stage's face recall.",
-)
-@click.pass_context
-def simulate_review(ctx: click.Context, demo: Path, raw: Path, crops: Path, metrics: Path) -> None:
+@path_option("--demo", "The demo world, whose ground_truth.csv decides.")
+@path_option("--raw", "The collect stage's output folder.")
+@path_option("--crops", "The crop stage's output folder.")
+@path_option("--out", "The decisions CSV to write (the demo's review.decisions).")
+@path_option("--metrics", "Decisions per action and the crop stage's face recall.")
+def simulate_review(demo: Path, raw: Path, crops: Path, out: Path, metrics: Path) -> None:
     """Decide every crop of a demo photo as a careful human would, from the demo's ground truth.
 
-    Writes review.decisions: drops crops without a drawn face, relabels background faces.
+    Drops crops without a drawn face, relabels background faces. --out is its own file, never
+    review.decisions itself, so that a human's decisions are never overwritten.
     """
-    cfg = _params(ctx).review
     from emogan.data.simulated_review import simulate_review as simulate
 
-    _report(simulate(demo, raw, crops, cfg.decisions, metrics))
+    _report(simulate(demo, raw, crops, out, metrics))
 
 
 @cli.group(invoke_without_command=True)
-@path_option("--crops", "data/interim/crops", "The crop stage's output folder.")
-@path_option(
-    "--out", "data/interim/reviewed", "Folder for <emotion>/<crop_id>.png and reviewed.csv."
-)
-@path_option(
-    "--metrics", "metrics/review.json", "Kept, dropped, relabelled, unreviewed and stale counts."
-)
+@path_option("--crops", "The crop stage's output folder.", required=False)
+@path_option("--out", "Folder for <emotion>/<crop_id>.png and reviewed.csv.", required=False)
+@path_option("--metrics", "Kept, dropped, relabelled, unreviewed and stale counts.", required=False)
 @click.pass_context
-def review(ctx: click.Context, crops: Path, out: Path, metrics: Path) -> None:
+def review(ctx: click.Context, crops: Path | None, out: Path | None, metrics: Path | None) -> None:
     """Apply review.decisions to the crops: drop, relabel, keep; review.unreviewed for the rest.
 
     `emogan review serve` opens the web tool that writes the decisions.
     """
     if ctx.invoked_subcommand is not None:
         return
+    _require_paths(ctx, crops=crops, out=out, metrics=metrics)
     cfg = _params(ctx).review
     from emogan.data.review import apply_review
 
@@ -154,9 +158,11 @@ def review(ctx: click.Context, crops: Path, out: Path, metrics: Path) -> None:
 
 
 @review.command()
-@path_option("--crops", "data/interim/crops", "The crop stage's output folder.")
+@path_option("--crops", "The crop stage's output folder.", default="data/interim/crops")
 @path_option(
-    "--raw", "data/raw", "The collect stage's output folder (source photos shown for context)."
+    "--raw",
+    "The collect stage's output folder (source photos shown for context).",
+    default="data/raw",
 )
 @click.option(
     "--host",
@@ -187,9 +193,9 @@ def serve(
 
 
 @cli.command()
-@path_option("--reviewed", "data/interim/reviewed", "The review stage's output folder.")
-@path_option("--out", "data/processed", "Folder for train/ and test/ per emotion and index.csv.")
-@path_option("--metrics", "metrics/dataset.json", "Class counts per split and source.")
+@path_option("--reviewed", "The review stage's output folder.")
+@path_option("--out", "Folder for train/ and test/ per emotion and index.csv.")
+@path_option("--metrics", "Class counts per split and source.")
 @click.pass_context
 def merge(ctx: click.Context, reviewed: Path, out: Path, metrics: Path) -> None:
     """Merge FER2013 (fer2013.path) with the reviewed crops at image_size, train/ and test/."""
@@ -200,16 +206,8 @@ def merge(ctx: click.Context, reviewed: Path, out: Path, metrics: Path) -> None:
 
 
 @cli.command()
-@path_option(
-    "--data",
-    "data/processed",
-    "The merge stage's output folder (train/ and test/ per emotion, index.csv).",
-)
-@path_option(
-    "--out",
-    "models/stargan",
-    "Folder for generator.pt, discriminator.pt, config.json and run.json.",
-)
+@path_option("--data", "The merge stage's output folder (train/ and test/ per emotion, index.csv).")
+@path_option("--out", "Folder for generator.pt, discriminator.pt, config.json and run.json.")
 @click.option(
     "--checkpoints",
     type=OutPath,
@@ -223,12 +221,8 @@ def merge(ctx: click.Context, reviewed: Path, out: Path, metrics: Path) -> None:
     " the project root ($DVC_ROOT), so queued experiments share them. $EMOGAN_CHECKPOINTS, when"
     " set, replaces the default (use an absolute path that survives the job).",
 )
-@path_option("--metrics", "metrics/train.json", "Final losses, iterations and speed.")
-@path_option(
-    "--loss-log",
-    "metrics/train_loss.csv",
-    "Average losses at every train.log_step, for `dvc plots show`.",
-)
+@path_option("--metrics", "Final losses, iterations and speed.")
+@path_option("--loss-log", "Average losses at every train.log_step, for `dvc plots show`.")
 @click.pass_context
 def train(
     ctx: click.Context, data: Path, out: Path, checkpoints: Path, metrics: Path, loss_log: Path
@@ -244,13 +238,9 @@ def train(
 
 
 @cli.command()
-@path_option("--model", "models/stargan", "The train stage's output folder.")
-@path_option(
-    "--data", "data/processed", "The merge stage's output folder; its test faces are translated."
-)
-@path_option(
-    "--out", "metrics/samples", "Folder for all.png and one <emotion>.png per source emotion."
-)
+@path_option("--model", "The train stage's output folder.")
+@path_option("--data", "The merge stage's output folder; its test faces are translated.")
+@path_option("--out", "Folder for all.png and one <emotion>.png per source emotion.")
 @click.pass_context
 def samples(ctx: click.Context, model: Path, data: Path, out: Path) -> None:
     """Draw translation grids: each row a test face and its translation into all 7 emotions.
@@ -264,18 +254,12 @@ def samples(ctx: click.Context, model: Path, data: Path, out: Path) -> None:
 
 
 @cli.command()
-@path_option("--data", "data/processed", "The merge stage's output folder.")
-@path_option("--out", "models/classifier", "Folder for classifier.pt and config.json.")
+@path_option("--data", "The merge stage's output folder.")
+@path_option("--out", "Folder for classifier.pt and config.json.")
 @path_option(
-    "--metrics",
-    "metrics/classifier.json",
-    "Test accuracy, recall per emotion, validation accuracy, epochs and training time.",
+    "--metrics", "Test accuracy, recall per emotion, validation accuracy, epochs and training time."
 )
-@path_option(
-    "--confusion",
-    "metrics/classifier_confusion.csv",
-    "One actual,predicted row per test image, for `dvc plots show`.",
-)
+@path_option("--confusion", "One actual,predicted row per test image, for `dvc plots show`.")
 @click.pass_context
 def classifier(ctx: click.Context, data: Path, out: Path, metrics: Path, confusion: Path) -> None:
     """Train the emotion classifier (classifier), the evaluation's judge, on the train split.
@@ -290,22 +274,15 @@ def classifier(ctx: click.Context, data: Path, out: Path, metrics: Path, confusi
 
 
 @cli.command()
-@path_option("--model", "models/stargan", "The train stage's output folder.")
-@path_option("--classifier", "models/classifier", "The classifier stage's output folder.")
-@path_option(
-    "--data", "data/processed", "The merge stage's output folder; its test faces are translated."
-)
+@path_option("--model", "The train stage's output folder.")
+@path_option("--classifier", "The classifier stage's output folder.")
+@path_option("--data", "The merge stage's output folder; its test faces are translated.")
 @path_option(
     "--metrics",
-    "metrics/eval.json",
     "Per scope (overall, fer2013, custom): the judge on real faces, target accuracy, keep, "
     "cycle and identity L1, distinctness, FID, warning flags.",
 )
-@path_option(
-    "--confusion",
-    "metrics/eval_confusion.csv",
-    "One target,predicted row per translation, for `dvc plots show`.",
-)
+@path_option("--confusion", "One target,predicted row per translation, for `dvc plots show`.")
 @click.pass_context
 def evaluate(
     ctx: click.Context, model: Path, classifier: Path, data: Path, metrics: Path, confusion: Path
@@ -342,8 +319,8 @@ def evaluate(
 )
 @path_option(
     "--out",
-    "translations",
     "Folder for <photo>_face<N>.png (a grid per face) and the --paste photos.",
+    default="translations",
 )
 @click.option(
     "--paste",
@@ -390,7 +367,7 @@ def bench() -> None:
 
 
 @bench.command("demo")
-@path_option("--work-dir", "data/bench/demo", "Scratch folder for the generated world.")
+@path_option("--work-dir", "Scratch folder for the generated world.", default="data/bench/demo")
 @click.pass_context
 def bench_demo(ctx: click.Context, work_dir: Path) -> None:
     """Time the demo world; MTCNN recall on its faces; a small CNN's accuracy on its FER CSV."""
@@ -402,7 +379,9 @@ def bench_demo(ctx: click.Context, work_dir: Path) -> None:
 
 @bench.command("merge")
 @path_option(
-    "--work-dir", "data/bench/merge", "Scratch folder for the generated CSV and the merged output."
+    "--work-dir",
+    "Scratch folder for the generated CSV and the merged output.",
+    default="data/bench/merge",
 )
 @click.option(
     "--rows",
@@ -419,7 +398,7 @@ def bench_merge(work_dir: Path, rows: int) -> None:
 
 
 @bench.command("learning")
-@path_option("--data", "data/processed", "The merge stage's output folder.")
+@path_option("--data", "The merge stage's output folder.", default="data/processed")
 @click.option(
     "--iterations",
     type=click.IntRange(min=1),
@@ -467,7 +446,7 @@ def bench_template(ctx: click.Context, per_emotion: int) -> None:
 
 
 @bench.command("train")
-@path_option("--data", "data/processed", "The merge stage's output folder.")
+@path_option("--data", "The merge stage's output folder.", default="data/processed")
 @click.option(
     "--iterations",
     type=click.IntRange(min=1),

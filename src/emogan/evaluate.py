@@ -55,11 +55,6 @@ COPY_KEEP_L1 = 0.01
 # by more than twice its standard error over that source's test faces (at least 2 points).
 FOOLED_MIN_MARGIN = 0.02
 WARNINGS_TAG = "eval.warnings"  # MLflow search: tags."eval.warnings" != 'none'
-DEFAULT_MODEL_DIR = Path("models/stargan")
-DEFAULT_CLASSIFIER_DIR = Path("models/classifier")
-DEFAULT_DATA_DIR = Path("data/processed")
-DEFAULT_METRICS_PATH = Path("metrics/eval.json")
-DEFAULT_CONFUSION_PATH = Path("metrics/eval_confusion.csv")
 
 
 @dataclass
@@ -264,11 +259,11 @@ def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def evaluate_translations(
     params: Params,
-    model_dir: Path = DEFAULT_MODEL_DIR,
-    classifier_dir: Path = DEFAULT_CLASSIFIER_DIR,
-    data_dir: Path = DEFAULT_DATA_DIR,
-    metrics_path: Path = DEFAULT_METRICS_PATH,
-    confusion_path: Path = DEFAULT_CONFUSION_PATH,
+    model_dir: Path,
+    classifier_dir: Path,
+    data_dir: Path,
+    metrics_path: Path,
+    confusion_path: Path,
 ) -> dict:
     """The evaluate stage: writes metrics_path and one `target,predicted` row per translation
     to confusion_path, and logs the metrics (eval/...) and the confusion rows to the training's

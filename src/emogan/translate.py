@@ -41,9 +41,7 @@ from emogan.stargan.model import Generator
 from emogan.stargan.trained import CONFIG_FILE, GENERATOR_FILE, load_generator, translate_faces
 from emogan.tracking import load_logged_generator, resolve_tracking_uri
 
-DEFAULT_MODEL = "models/stargan"
 DEMO_WORLD = Path("data/demo")  # the demo stage's folder
-DEFAULT_OUT_DIR = Path("translations")
 FEATHER = 0.2  # share of a pasted square's side over which it fades into the photo
 JPEG_QUALITY = 95
 # A scheme of two letters or more: models:/..., runs:/..., https://...; a Windows C:/ is a path.
@@ -62,9 +60,9 @@ class Translator:
 def translate_photos(
     params: Params,
     photos: Sequence[Path],
-    model: str = DEFAULT_MODEL,
-    emotion: str = "all",
-    out_dir: Path = DEFAULT_OUT_DIR,
+    model: str,
+    emotion: str,
+    out_dir: Path,
     paste: bool = False,
     min_prob: float | None = None,
     device: str = "auto",

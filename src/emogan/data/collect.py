@@ -42,8 +42,6 @@ from emogan.errors import EmoganError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_OUT_DIR = Path("data/raw")
-DEFAULT_METRICS_PATH = Path("metrics/collect.json")
 REQUIRED_COLUMNS = ("url_or_path", "emotion", "license", "creator", "source", "keyword")
 RESULT_COLUMNS = ("sha256", "bytes", "width", "height", "status", "error", "path")
 
@@ -181,8 +179,8 @@ class ImageRejected(Exception):
 
 def collect_images(
     cfg: CollectConfig,
-    out_dir: Path = DEFAULT_OUT_DIR,
-    metrics_path: Path = DEFAULT_METRICS_PATH,
+    out_dir: Path,
+    metrics_path: Path,
 ) -> CollectSummary:
     """Run the collect stage; raise EmoganError for a bad input list (before fetching anything)
     or, with cfg.fail_on_error, after writing all outputs when some entries failed."""

@@ -20,9 +20,6 @@ from emogan.data.landmarks import landmark_columns
 from emogan.device import resolve_device
 from emogan.errors import EmoganError
 
-DEFAULT_RAW_DIR = Path("data/raw")
-DEFAULT_OUT_DIR = Path("data/interim/crops")
-DEFAULT_METRICS_PATH = Path("metrics/crop.json")
 # crop_a .. crop_ty: the FaceFrame from photo to crop pixels, so a crop traces back to its photo.
 COLUMNS = (
     "crop_id", "path", "source_sha256", "source_path", "emotion", "prob",
@@ -69,9 +66,9 @@ def rejection(face: DetectedFace, cfg: CropConfig) -> str | None:
 
 def crop_faces(
     cfg: CropConfig,
-    raw_dir: Path = DEFAULT_RAW_DIR,
-    out_dir: Path = DEFAULT_OUT_DIR,
-    metrics_path: Path = DEFAULT_METRICS_PATH,
+    raw_dir: Path,
+    out_dir: Path,
+    metrics_path: Path,
 ) -> dict:
     """Detect, filter and crop every face of data/raw; write crops + crops.csv + metrics."""
     photos = _read_raw_manifest(Path(raw_dir) / "manifest.csv")

@@ -29,9 +29,6 @@ from emogan.data.images import read_rgb
 from emogan.emotions import EMOTIONS, LABEL_OF
 from emogan.errors import EmoganError
 
-DEFAULT_REVIEWED_DIR = Path("data/interim/reviewed")
-DEFAULT_OUT_DIR = Path("data/processed")
-DEFAULT_METRICS_PATH = Path("metrics/dataset.json")
 INDEX_COLUMNS = ("path", "label", "emotion", "source", "split", "origin")
 REVIEWED_COLUMNS = ("crop_id", "path", "emotion", "label")  # the columns merge reads
 SPLITS = ("train", "test")
@@ -61,9 +58,9 @@ def merge_dataset(
     fer: Fer2013Config,
     cfg: MergeConfig,
     image_size: int,
-    reviewed_dir: Path = DEFAULT_REVIEWED_DIR,
-    out_dir: Path = DEFAULT_OUT_DIR,
-    metrics_path: Path = DEFAULT_METRICS_PATH,
+    reviewed_dir: Path,
+    out_dir: Path,
+    metrics_path: Path,
 ) -> dict:
     """Write out_dir (images + index.csv, replaced as a whole) and the class counts to
     metrics_path; return the counts. On bad input out_dir is left as it was."""

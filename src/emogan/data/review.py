@@ -21,9 +21,6 @@ from emogan.config import ReviewConfig
 from emogan.emotions import EMOTIONS, LABEL_OF
 from emogan.errors import EmoganError
 
-DEFAULT_CROPS_DIR = Path("data/interim/crops")
-DEFAULT_OUT_DIR = Path("data/interim/reviewed")
-DEFAULT_METRICS_PATH = Path("metrics/review.json")
 DECISION_COLUMNS = ("crop_id", "action", "label", "reviewer", "decided_at", "note")
 REVIEWED_COLUMNS = (
     "crop_id", "path", "emotion", "label", "original_emotion", "decision", "source_sha256", "prob",
@@ -130,9 +127,9 @@ def read_crops(crops_dir: Path) -> list[dict[str, str]]:
 
 def apply_review(
     cfg: ReviewConfig,
-    crops_dir: Path = DEFAULT_CROPS_DIR,
-    out_dir: Path = DEFAULT_OUT_DIR,
-    metrics_path: Path = DEFAULT_METRICS_PATH,
+    crops_dir: Path,
+    out_dir: Path,
+    metrics_path: Path,
 ) -> dict:
     """Copy the crops that survive review into <emotion>/ folders, with reviewed.csv."""
     crops = read_crops(crops_dir)

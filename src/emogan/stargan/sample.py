@@ -13,16 +13,12 @@ from emogan.stargan.grid import encode_png, pick_faces, translation_grid
 from emogan.stargan.trained import load_generator, training_run_id
 from emogan.tracking import FINAL_SAMPLES, TrainingRun
 
-DEFAULT_MODEL_DIR = Path("models/stargan")
-DEFAULT_DATA_DIR = Path("data/processed")
-DEFAULT_OUT_DIR = Path("metrics/samples")
-
 
 def make_samples(
     params: Params,
-    model_dir: Path = DEFAULT_MODEL_DIR,
-    data_dir: Path = DEFAULT_DATA_DIR,
-    out_dir: Path = DEFAULT_OUT_DIR,
+    model_dir: Path,
+    data_dir: Path,
+    out_dir: Path,
 ) -> dict:
     """Write out_dir/all.png (sample.rows test faces spread over the emotions), per source
     <source>.png (fer2013.png, custom.png: that source's test faces, spread likewise) and, per

@@ -55,11 +55,6 @@ LOSS_NAMES = ("D/loss_real", "D/loss_fake", "D/loss_cls", "D/loss_gp",
               "G/loss_fake", "G/loss_rec", "G/loss_cls", "G/loss_id")  # fmt: skip
 CALIBRATION_FACES = 256  # real training faces model.d_init's unit_gradient is measured on
 PROGRESS_LOSSES = ("D/loss_cls", "G/loss_rec", "G/loss_cls")  # shown beside the progress bar
-DEFAULT_DATA_DIR = Path("data/processed")
-DEFAULT_OUT_DIR = Path("models/stargan")
-DEFAULT_CHECKPOINT_DIR = Path("models/checkpoints")
-DEFAULT_METRICS_PATH = Path("metrics/train.json")
-DEFAULT_LOSS_LOG = Path("metrics/train_loss.csv")
 
 
 @dataclass
@@ -230,11 +225,11 @@ def train_iteration(
 
 def train_stargan(
     params: Params,
-    data_dir: Path = DEFAULT_DATA_DIR,
-    out_dir: Path = DEFAULT_OUT_DIR,
-    checkpoint_dir: Path = DEFAULT_CHECKPOINT_DIR,
-    metrics_path: Path = DEFAULT_METRICS_PATH,
-    loss_log: Path = DEFAULT_LOSS_LOG,
+    data_dir: Path,
+    out_dir: Path,
+    checkpoint_dir: Path,
+    metrics_path: Path,
+    loss_log: Path,
 ) -> dict:
     """Train G and D on data_dir's train split, resuming this configuration's checkpoint when
     there is one. Writes out_dir (generator.pt, discriminator.pt, config.json, run.json), the
