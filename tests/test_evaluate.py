@@ -220,14 +220,22 @@ def test_the_stage_scores_a_trained_model_and_logs_to_its_training_run(
     data: Path, params: Params, judge_dir: Path, model_dir: Path, tmp_path: Path
 ) -> None:
     metrics_path, confusion_path = tmp_path / "eval.json", tmp_path / "confusion.csv"
+    summary_path = tmp_path / "summary.json"
     metrics = evaluate_translations(
-        params, model_dir, judge_dir, data, metrics_path, confusion_path
+        params, model_dir, judge_dir, data, metrics_path, summary_path, confusion_path
     )
 
     overall = metrics["overall"]
     assert overall["test_images"] == 4 * C and metrics["translations"] == C * 4 * C
     assert metrics["fer2013"]["test_images"] == metrics["custom"]["test_images"] == 2 * C
     assert json.loads(metrics_path.read_text()) == metrics
+    summary = json.loads(summary_path.read_text())
+    assert summary["custom"] == {
+        "translated": metrics["custom"]["target_accuracy_changed"],
+        "judge_real": metrics["custom"]["judge_accuracy_real"],
+    }
+    assert summary["faces"] == {"train": 20 * C, "test": 4 * C}
+    assert summary["warnings"] == len(warning_lines(metrics))
     for scope in SCOPES:
         assert 0.0 <= metrics[scope]["target_accuracy"] <= 1.0 and metrics[scope]["keep_l1"] > 0
         assert metrics[scope]["fid_classifier"] > 0.0
@@ -293,7 +301,7 @@ def test_local_inception_weights_add_the_standard_fid(
     evaluate = params.evaluate.model_copy(update={"inception_weights": inception_weights})
     with_fid = params.model_copy(update={"evaluate": evaluate})
     metrics = evaluate_translations(
-        with_fid, model_dir, judge_dir, data, tmp_path / "eval.json", tmp_path / "c.csv"
+        with_fid, model_dir, judge_dir, data, *(tmp_path / n for n in ("e.json", "s.json", "c.csv"))
     )
     assert metrics["overall"]["fid_inception"] > 1e-2  # translations are not the real faces
 

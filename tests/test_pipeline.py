@@ -70,6 +70,38 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return dest
 
 
+def flat_keys(tree: dict, prefix: str = "") -> set[str]:
+    """The names `dvc exp show` gives a params or metrics file's values."""
+    keys = set()
+    for name, value in tree.items():
+        if isinstance(value, dict):
+            keys |= flat_keys(value, f"{prefix}{name}.")
+        else:
+            keys.add(prefix + name)
+    return keys
+
+
+def data_dependencies(project: Path) -> set[str]:
+    """The deps of dvc.yaml's stages, ${...} resolved: `dvc exp show` shows each one's hash."""
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    resolved = set()
+    for stage in yaml.safe_load((project / "dvc.yaml").read_text())["stages"].values():
+        for dep in stage.get("deps", []):
+            if dep.startswith("${"):
+                section, key = dep.strip("${}").split(".")
+                dep = params[section][key]
+            resolved.add(dep)
+    return resolved
+
+
+def test_dvc_exp_show_fits_about_one_terminal_width() -> None:
+    # The demo's own table: Experiment, Created, params.yaml's keys, summary.json's, the deps.
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    summary = json.loads((ROOT / "metrics/summary.json").read_text())
+    columns = 2 + len(flat_keys(params)) + len(flat_keys(summary)) + len(data_dependencies(ROOT))
+    assert columns <= 35
+
+
 def _metrics(project: Path, name: str) -> dict:
     return json.loads((project / "metrics" / f"{name}.json").read_text())
 
@@ -119,7 +151,8 @@ def test_repro_builds_the_pipeline_and_a_second_repro_does_nothing(project: Path
 @pytest.mark.slow
 def test_exp_run_overrides_a_param_and_records_an_experiment(project: Path) -> None:
     _run(["dvc", "repro"], project)  # the baseline: a no-op after the first test
-    _run(["dvc", "exp", "run", "-n", "seed1", "-S", "demo.seed=1", "-S", "layers=1"], project)
+    # demo.seed is not in params.yaml: `+` adds it, and it becomes this experiment's column.
+    _run(["dvc", "exp", "run", "-n", "seed1", "-S", "+demo.seed=1", "-S", "layers=1"], project)
     shown = json.loads(_run(["dvc", "exp", "show", "--json"], project).stdout)
     experiments = [
         exp
@@ -131,9 +164,19 @@ def test_exp_run_overrides_a_param_and_records_an_experiment(project: Path) -> N
     revision = experiments[0]["revs"][0]["data"]
     assert revision["params"]["params.yaml"]["data"]["demo"]["seed"] == 1
     assert revision["params"]["params.yaml"]["data"]["layers"] == 1
-    assert revision["metrics"]["metrics/dataset.json"]["data"]["all"]["all"]["total"] > 0
-    assert (
-        revision["metrics"]["metrics/train.json"]["data"]["iterations"] == SMALL_TRAIN["num_iters"]
+    assert list(revision["metrics"]) == ["metrics/summary.json"]
+    summary = revision["metrics"]["metrics/summary.json"]["data"]
+    assert summary["faces"]["train"] > 0 and 0 <= summary["custom"]["judge_real"] <= 1
+    assert _metrics(project, "train")["iterations"] == SMALL_TRAIN["num_iters"]
+
+    # One terminal width, or close: the params that set runs apart, the headline, the data's
+    # hashes; the per-emotion breakdowns are files (metrics/*.json), not columns.
+    table = _run(["dvc", "exp", "show", "--csv"], project).stdout.splitlines()
+    columns = [name for name in table[0].split(",") if name not in ("rev", "typ", "parent")]
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    assert params["demo"]["seed"] == 1  # the experiment's params, applied to the workspace
+    assert set(columns) == {"Experiment", "Created"} | flat_keys(params) | flat_keys(summary) | (
+        data_dependencies(project)
     )
 
     # Each training is its own MLflow run in the project's store, with its samples and model.

@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 import click
 
-from emogan.config import DEFAULT_PARAMS, Params, load_params
+from emogan.config import DEFAULT_PARAMS, Params, load_params, params_yaml
 from emogan.emotions import EMOTIONS
 from emogan.errors import EmoganError
 
@@ -60,6 +60,13 @@ def cli(ctx: click.Context, params: Path) -> None:
     Each sub-command is one DVC stage; `dvc repro` runs them in order.
     """
     ctx.obj = params
+
+
+@cli.command("params")
+@click.pass_context
+def show_params(ctx: click.Context) -> None:
+    """Print every key with the value the stages use: params.yaml's, else the default."""
+    click.echo(params_yaml(_params(ctx)), nl=False)
 
 
 @cli.command()
@@ -282,10 +289,21 @@ def classifier(ctx: click.Context, data: Path, out: Path, metrics: Path, confusi
     "Per scope (overall, fer2013, custom): the judge on real faces, target accuracy, keep, "
     "cycle and identity L1, distinctness, FID, warning flags.",
 )
+@path_option(
+    "--summary",
+    "The headline of --metrics, the file `dvc exp show` lists: per source the target accuracy"
+    " and the judge's accuracy on real faces; keep L1, FID, faces, warnings.",
+)
 @path_option("--confusion", "One target,predicted row per translation, for `dvc plots show`.")
 @click.pass_context
 def evaluate(
-    ctx: click.Context, model: Path, classifier: Path, data: Path, metrics: Path, confusion: Path
+    ctx: click.Context,
+    model: Path,
+    classifier: Path,
+    data: Path,
+    metrics: Path,
+    summary: Path,
+    confusion: Path,
 ) -> None:
     """Translate every test face into every emotion and score it with the classifier (evaluate).
 
@@ -295,7 +313,7 @@ def evaluate(
     params = _params(ctx)
     from emogan.evaluate import evaluate_translations, warning_lines
 
-    scores = evaluate_translations(params, model, classifier, data, metrics, confusion)
+    scores = evaluate_translations(params, model, classifier, data, metrics, summary, confusion)
     _report(scores)
     for line in warning_lines(scores).values():
         click.echo(f"emogan: evaluate: warning: {line}", err=True)

@@ -1,5 +1,11 @@
 """params.yaml -> typed, validated config. The only module that reads params.yaml.
 
+Every key has its default here, and the defaults are the demo preset: what `make demo` trains.
+params.yaml names only the keys that set one experiment apart from another (layers, filters,
+iterations, image size, seeds, the data switches), so they are what `dvc exp show` lists; any
+other key is added where an experiment needs it (`dvc exp run -S +train.g_lr=0.0002`) and then
+shows as a column of that experiment. `emogan params` prints every key with its value.
+
 Every section is a frozen pydantic model that forbids unknown keys, and numbers and flags are
 strict (YAML `yes` or `"5"` is not an int), so a typo or a bad value fails before any work
 starts, with one line naming the key.
@@ -23,6 +29,17 @@ def project_root() -> Path:
     return Path(os.environ.get("DVC_ROOT", ".")).resolve()
 
 
+# The thesis's synonyms per emotion, for `emogan collect search`.
+THESIS_KEYWORDS = {
+    "angry": ("angry", "enraged", "annoyed", "frustrated", "furious"),
+    "disgust": ("disgusted", "grossed out", "repulsed", "revolted"),
+    "fear": ("scared", "afraid", "frightened", "terrified"),
+    "happy": ("happy", "joyful", "smiling", "laughing"),
+    "sad": ("sad", "crying", "unhappy", "sorrowful"),
+    "surprise": ("surprised", "shocked", "astonished", "amazed"),
+    "neutral": ("neutral face", "expressionless", "calm face", "serious face"),
+}
+
 Int = Annotated[int, Field(strict=True)]
 Float = Annotated[float, Field(strict=True)]  # an int is accepted and widened
 Bool = Annotated[bool, Field(strict=True)]
@@ -38,39 +55,46 @@ class Section(BaseModel):
 
 
 class DemoConfig(Section):
+    """The offline drawn world that stands in for web photos and FER2013."""
+
     seed: Int = Field(0, ge=0)
     photos_per_emotion: Int = Field(24, gt=0)
-    faceless_photos: Int = Field(12, ge=0)
+    faceless_photos: Int = Field(12, ge=0)  # photos with no face, spread over the emotion folders
     max_faces_per_photo: Int = Field(4, ge=1, le=8)
+    # chance that an extra face shows another emotion than its photo's folder
     background_face_prob: Float = Field(0.35, ge=0.0, le=1.0)
-    occlusion_prob: Float = Field(0.1, ge=0.0, le=1.0)
+    occlusion_prob: Float = Field(0.1, ge=0.0, le=1.0)  # chance of a hand over the mouth
     photo_width: Int = Field(640, ge=160, le=4096)
     photo_height: Int = Field(480, ge=160, le=4096)
+    # mean per class; the classes keep FER2013's imbalance (disgust rare)
     fer_train_per_emotion: Int = Field(400, gt=0)
     fer_test_per_emotion: Int = Field(80, gt=0)
-    fer_studio: Bool = True  # FER-format faces as studio portraits; false: as wild as the scenes
+    # FER-format faces upright, evenly lit, on a plain background, close; false: as varied as the
+    # scene photos (the GAN then learns far slower)
+    fer_studio: Bool = True
 
 
 class SearchConfig(Section):
     api_url: Str = "https://api.openverse.org/v1"
+    # queries "<keyword> <subject>" besides "<keyword>"
     subjects: tuple[Str, ...] = ("man", "boy", "woman", "girl", "family")
     license_type: tuple[Literal["all", "commercial", "modification"], ...] = ("all",)
     page_size: Int = Field(20, ge=1, le=20)  # Openverse refuses more without an API token
     pages: Int = Field(1, gt=0)
-    min_interval_s: Float = Field(3.0, ge=0.0)
+    min_interval_s: Float = Field(3.0, ge=0.0)  # between API requests (anonymous rate limit)
     out: Path = Path("data/sources/openverse_manifest.csv")
 
 
 class CollectConfig(Section):
-    manifest: Path | None = Path("data/demo/manifest.csv")
+    manifest: Path | None = Path("data/demo/manifest.csv")  # real data: data/sources/manifest.csv
     from_dir: Path | None = None  # when set, one folder per emotion; used instead of manifest
     timeout_s: Float = Field(20.0, gt=0.0)
-    max_bytes: Int = Field(25_000_000, gt=0)
-    max_pixels: Int = Field(64_000_000, gt=0)
+    max_bytes: Int = Field(25_000_000, gt=0)  # larger downloads are refused
+    max_pixels: Int = Field(64_000_000, gt=0)  # decompression-bomb guard
     retries: Int = Field(3, ge=0, le=10)
     workers: Int = Field(8, ge=1, le=64)
-    fail_on_error: Bool = False
-    keywords: dict[str, tuple[Str, ...]] = Field(default_factory=dict)
+    fail_on_error: Bool = False  # true: any failed image fails the stage (after the rest)
+    keywords: dict[str, tuple[Str, ...]] = Field(default_factory=lambda: THESIS_KEYWORDS)
     search: SearchConfig = SearchConfig()
 
     @field_validator("keywords")
@@ -108,18 +132,20 @@ class AlignTemplate(Section):
 
 
 class CropConfig(Section):
-    min_prob: Float = Field(0.9, ge=0.0, le=1.0)
+    min_prob: Float = Field(0.9, ge=0.0, le=1.0)  # of MTCNN, for a face to be kept
     min_size: Int = Field(20, ge=12)  # shortest side of a kept face box, in pixels
     align: Bool = True  # rotate and scale each face onto the template; false: squares around boxes
     template: AlignTemplate = AlignTemplate()
     margin: Float = Field(0.2, ge=0.0, le=2.0)  # align false: context on each side, share of box
-    device: Str = "auto"
-    batch_size: Int = Field(16, ge=1, le=1024)
+    device: Str = "auto"  # auto: CUDA, then MPS, then CPU
+    batch_size: Int = Field(16, ge=1, le=1024)  # photos of equal size detected together
 
 
 class ReviewConfig(Section):
+    # keep / drop / relabel per crop (`emogan review serve` edits them); real data:
+    # data/review/decisions.csv, in git
     decisions: Path = Path("data/interim/simulated_decisions.csv")
-    unreviewed: Literal["keep", "drop"] = "keep"
+    unreviewed: Literal["keep", "drop"] = "keep"  # what happens to crops without a decision
 
 
 Usage = Literal["Training", "PublicTest", "PrivateTest"]
@@ -145,8 +171,8 @@ class MergeConfig(Section):
 
 
 class ModelConfig(Section):
-    g_conv_dim: Int = Field(32, ge=1)  # filters of G's first layer (official StarGAN: 64)
-    d_conv_dim: Int = Field(32, ge=1)
+    g_conv_dim: Int = Field(16, ge=1)  # filters of G's first layer (thesis: 32, official: 64)
+    d_conv_dim: Int = Field(16, ge=1)
     g_layers: Int | None = Field(None, ge=1)  # residual blocks in G; null -> top-level layers
     d_layers: Int | None = Field(None, ge=1)  # strided convs in D; null -> top-level layers
     # unit_gradient: D starts where the gradient penalty wants it (model.py); pytorch: official
@@ -154,10 +180,13 @@ class ModelConfig(Section):
 
 
 class TrainConfig(Section):
-    num_iters: Int = Field(200_000, ge=1)  # one iteration = one D update
-    num_iters_decay: Int = Field(100_000, ge=0)  # LR falls linearly to 0 over these last ones
+    """The demo preset: visible translations of the drawn faces within make demo's 15 minutes on
+    2 CPU cores (BENCHMARKS.md). The thesis preset is in the README."""
+
+    num_iters: Int = Field(6000, ge=1)  # one iteration = one D update (thesis: 200,000)
+    num_iters_decay: Int = Field(1500, ge=0)  # LR falls linearly to 0 over these last ones
     batch_size: Int = Field(16, ge=1)
-    n_critic: Int = Field(5, ge=1)  # D updates per G update
+    n_critic: Int = Field(1, ge=1)  # D updates per G update (official: 5; 1 buys 5x the G updates)
     g_lr: Float = Field(1e-4, gt=0.0)
     d_lr: Float = Field(1e-4, gt=0.0)
     beta1: Float = Field(0.5, ge=0.0, lt=1.0)
@@ -167,17 +196,20 @@ class TrainConfig(Section):
     target_sampling: Literal["shuffle", "uniform"] = "shuffle"
     # images: every training image equally likely in a batch (the official code), so D sees a
     # rare emotion rarely; emotions: every emotion equally likely, its images drawn at random.
-    batch_sampling: Literal["images", "emotions"] = "images"
+    batch_sampling: Literal["images", "emotions"] = "emotions"
     lambda_cls: Float = Field(1.0, ge=0.0)
     lambda_rec: Float = Field(10.0, ge=0.0)
-    lambda_id: Float = Field(0.0, ge=0.0)  # |G(x, own emotion) - x|; 0 = the official losses
+    # |G(x, own emotion) - x|, not in the official losses (0): keeps G from hiding the face in noise
+    lambda_id: Float = Field(10.0, ge=0.0)
     lambda_gp: Float = Field(10.0, ge=0.0)
-    log_step: Int = Field(100, ge=1)
-    sample_step: Int = Field(1000, ge=1)
-    checkpoint_step: Int = Field(1000, ge=1)
+    log_step: Int = Field(20, ge=1)
+    sample_step: Int = Field(500, ge=1)
+    checkpoint_step: Int = Field(500, ge=1)
     seed: Int = Field(0, ge=0)
-    device: Str = "auto"
-    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: the passes under bf16 autocast
+    device: Str = "auto"  # auto: CUDA, then MPS, then CPU
+    # bf16: the passes under bf16 autocast: the same eval metrics, 1.3-1.5x faster with
+    # AVX512-BF16 or a GPU, 11x slower on other CPUs
+    precision: Literal["fp32", "bf16"] = "fp32"
     compile: Bool = False  # torch.compile G (D's gradient penalty needs double backward)
 
     @model_validator(mode="after")
@@ -190,6 +222,8 @@ class TrainConfig(Section):
 
 
 class SampleConfig(Section):
+    """Translation grids of fixed test faces."""
+
     rows: Int = Field(8, ge=1, le=64)  # test faces per grid
     seed: Int = Field(0, ge=0)
 
@@ -216,8 +250,8 @@ class MlflowConfig(Section):
 
 
 class Params(Section):
-    layers: Int = Field(5, ge=1, le=8)
-    image_size: Int = Field(48, ge=16, le=512)
+    layers: Int = Field(3, ge=1, le=8)  # residual blocks in G = strided convs in D (thesis: 3-5)
+    image_size: Int = Field(32, ge=16, le=512)  # side of the square grayscale faces (thesis: 48)
     demo: DemoConfig = DemoConfig()
     collect: CollectConfig = CollectConfig()
     crop: CropConfig = CropConfig()
@@ -258,6 +292,11 @@ def parse_params(raw: object, source: Path = DEFAULT_PARAMS) -> Params:
         return Params.model_validate(raw)
     except ValidationError as error:
         raise ConfigError(_one_line(error, source)) from None
+
+
+def params_yaml(params: Params) -> str:
+    """Every key with its value, params.yaml's over the defaults, as a params.yaml would say it."""
+    return yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False)
 
 
 def load_params(path: Path = DEFAULT_PARAMS) -> Params:

@@ -263,11 +263,12 @@ def evaluate_translations(
     classifier_dir: Path,
     data_dir: Path,
     metrics_path: Path,
+    summary_path: Path,
     confusion_path: Path,
 ) -> dict:
-    """The evaluate stage: writes metrics_path and one `target,predicted` row per translation
-    to confusion_path, and logs the metrics (eval/...) and the confusion rows to the training's
-    MLflow run. Returns the metrics."""
+    """The evaluate stage: writes metrics_path, its headline to summary_path and one
+    `target,predicted` row per translation to confusion_path, and logs the metrics (eval/...)
+    and the confusion rows to the training's MLflow run. Returns the metrics."""
     cfg = params.evaluate
     device = resolve_device(cfg.device, "evaluate.device")
     model_dir, data_dir = Path(model_dir), Path(data_dir)
@@ -290,11 +291,32 @@ def evaluate_translations(
     if inception is not None:
         metrics["overall"]["fid_inception"] = round(inception.compute(), 4)
     atomic.write_json(Path(metrics_path), metrics)
+    atomic.write_json(Path(summary_path), headline_scores(metrics, len(train.labels)))
     atomic.write_text(
         Path(confusion_path), confusion_csv(done.target, done.predicted, ("target", "predicted"))
     )
     _log_to_training_run(params, model_dir, config, metrics, Path(confusion_path))
     return metrics
+
+
+def headline_scores(metrics: dict, train_faces: int) -> dict:
+    """What `dvc exp show` lists of a run: per source the translations' target accuracy on
+    changed pairs beside the judge's accuracy on real test faces of that source (read one
+    beside the other), how much of each face is kept, the FID, the faces and the warnings.
+    The breakdowns stay in metrics_path."""
+    return {
+        **{
+            scope: {
+                "translated": metrics[scope]["target_accuracy_changed"],
+                "judge_real": metrics[scope]["judge_accuracy_real"],
+            }
+            for scope in SCOPES
+        },
+        "keep_l1": metrics["overall"]["keep_l1"],
+        "fid": metrics["overall"]["fid_classifier"],
+        "faces": {"train": train_faces, "test": metrics["overall"]["test_images"]},
+        "warnings": len(warning_lines(metrics)),
+    }
 
 
 class InceptionFid:
