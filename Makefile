@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install demo test lint mlflow-ui
+.PHONY: install demo test lint mlflow-ui docs-screenshot
 
 $(INSTALLED): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,3 +29,8 @@ mlflow-ui: $(INSTALLED)
 	  from emogan.tracking import training_runs_page; \
 	  print('training runs:', training_runs_page(load_params().mlflow, project_root(), 'http://127.0.0.1:5000'))"
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db
+
+# The README's picture of the MLflow UI, shot from this project's store (after `make demo`).
+docs-screenshot: $(INSTALLED)
+	EMOGAN_README_STORE=sqlite:///$(CURDIR)/mlflow.db $(BIN)/python -m pytest -q -p no:cacheprovider \
+	  tests/test_mlflow_ui.py -k readme_screenshot
