@@ -40,7 +40,7 @@ from emogan.device import resolve_device
 from emogan.emotions import EMOTIONS
 from emogan.errors import EmoganError
 from emogan.serving import REGISTERED_MODEL, model_description
-from emogan.stargan.trained import load_generator, training_run_id
+from emogan.stargan.trained import CONFIG_FILE, load_generator, training_run_id
 from emogan.tracking import TrainingRun
 
 C_DIM = len(EMOTIONS)
@@ -276,7 +276,7 @@ def evaluate_translations(
     judge = load_classifier(Path(classifier_dir), device)
     test = load_split(data_dir, "test", device)
     check_images(
-        test, config["channels"], config["image_size"], data_dir, f"{model_dir}/config.json"
+        test, config["channels"], config["image_size"], data_dir, str(Path(model_dir) / CONFIG_FILE)
     )
     inception = None
     if cfg.inception_weights is not None:

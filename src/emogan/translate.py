@@ -10,7 +10,6 @@ InstanceNorm statistics, as in the samples and evaluate stages (see stargan/mode
 """
 
 import io
-import pickle
 import re
 import sys
 from collections.abc import Sequence
@@ -38,7 +37,12 @@ from emogan.emotions import EMOTIONS, LABEL_OF
 from emogan.errors import EmoganError
 from emogan.stargan.grid import ALL_TARGETS, encode_png, translation_grid
 from emogan.stargan.model import Generator
-from emogan.stargan.trained import CONFIG_FILE, GENERATOR_FILE, load_generator, translate_faces
+from emogan.stargan.trained import (
+    CONFIG_FILE,
+    load_generator,
+    torch_error_line,
+    translate_faces,
+)
 from emogan.tracking import load_logged_generator, resolve_tracking_uri
 
 DEMO_WORLD = Path("data/demo")  # the demo stage's folder
@@ -128,7 +132,7 @@ def load_translator(model: str, mlflow: MlflowConfig, device: torch.device) -> T
         G, config = load_logged_generator(model, resolve_tracking_uri(mlflow, project_root()))
         where = f"{model} (its {CONFIG_FILE})"
     else:
-        G, config = _load_folder(Path(model))
+        G, config = load_generator(Path(model))
         where = f"{Path(model) / CONFIG_FILE}"
     if not isinstance(G, Generator):
         raise EmoganError(f"{model}: a {type(G).__name__}, not an emogan StarGAN generator")
@@ -140,26 +144,6 @@ def load_translator(model: str, mlflow: MlflowConfig, device: torch.device) -> T
         raise EmoganError(f"{where}: {error}") from None
     _check_takes(G, channels, image_size, where)
     return Translator(G.to(device), channels, image_size)
-
-
-def _load_folder(folder: Path) -> tuple[Generator, dict]:
-    try:
-        return load_generator(folder)
-    except FileNotFoundError as error:
-        raise EmoganError(f"{error.filename}: not found (run the train stage first)") from None
-    except OSError as error:
-        raise EmoganError(f"{error.filename}: {error.strerror}") from None
-    except KeyError as error:
-        raise EmoganError(f"{folder / CONFIG_FILE}: no {error.args[0]!r} value") from None
-    except ValueError as error:  # json's error for a file that is not JSON
-        raise EmoganError(f"{folder / CONFIG_FILE}: not valid JSON ({error})") from None
-    except (RuntimeError, pickle.UnpicklingError) as error:
-        problem = _first_line(error)
-        if str(error).startswith("Error(s) in loading state_dict"):
-            raise EmoganError(
-                f"{folder / GENERATOR_FILE} does not fit {folder / CONFIG_FILE}: {problem}"
-            ) from None
-        raise EmoganError(f"{folder / GENERATOR_FILE}: unreadable ({problem})") from None
 
 
 def _check_takes(G: Generator, channels: int, image_size: int, where: str) -> None:
@@ -174,7 +158,7 @@ def _check_takes(G: Generator, channels: int, image_size: int, where: str) -> No
     except RuntimeError as error:
         raise EmoganError(
             f"{where}: the generator cannot take the {shape} images configured there "
-            f"({_first_line(error)})"
+            f"({torch_error_line(error)})"
         ) from None
     if out.shape != probe.shape:
         found = "x".join(map(str, out.shape[1:]))
@@ -285,12 +269,3 @@ def _encode(rgb: np.ndarray, suffix: str) -> bytes:
 def _write(path: Path, data: bytes) -> Path:
     atomic.write_bytes(path, data)
     return path
-
-
-def _first_line(error: Exception) -> str:
-    """A torch error's first specific sentence: load_state_dict puts the mismatch on its second
-    line, and torch.load follows what went wrong with advice."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    if len(lines) > 1 and lines[0].startswith("Error(s) in loading state_dict"):
-        lines = lines[1:]
-    return lines[0].split(". ")[0] if lines else type(error).__name__

@@ -10,7 +10,7 @@ from emogan.data.merge import SOURCES
 from emogan.data.processed import check_images, load_split
 from emogan.emotions import EMOTIONS
 from emogan.stargan.grid import encode_png, pick_faces, translation_grid
-from emogan.stargan.trained import load_generator, training_run_id
+from emogan.stargan.trained import CONFIG_FILE, load_generator, training_run_id
 from emogan.tracking import FINAL_SAMPLES, TrainingRun
 
 
@@ -28,7 +28,7 @@ def make_samples(
     G, config = load_generator(model_dir)
     test = load_split(data_dir, "test", torch.device("cpu"))
     check_images(
-        test, config["channels"], config["image_size"], data_dir, f"{model_dir}/config.json"
+        test, config["channels"], config["image_size"], data_dir, str(Path(model_dir) / CONFIG_FILE)
     )
     rows, seed = params.sample.rows, params.sample.seed
     groups = {"all": torch.ones_like(test.labels, dtype=torch.bool)}
