@@ -2,6 +2,7 @@
 
 import csv
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 from PIL import Image
 
 from emogan.config import ReviewConfig
+from emogan.data.crop import COLUMNS as CROP_COLUMNS
 from emogan.data.review import (
     DECISION_COLUMNS,
     ReviewDecision,
@@ -22,16 +24,28 @@ from emogan.errors import EmoganError
 WHEN = "2026-11-23T10:00:00+00:00"
 
 
+def _crop_row(crop_id: str, emotion: str) -> dict[str, str]:
+    """A crops.csv row; the box, frame and landmarks are zeros, which review does not read."""
+    return {column: "0" for column in CROP_COLUMNS} | {
+        "crop_id": crop_id,
+        "path": f"images/{crop_id}.png",
+        "source_sha256": "ab" * 32,
+        "source_path": f"images/{emotion}/{'ab' * 32}.jpg",
+        "emotion": emotion,
+        "prob": "0.99",
+    }
+
+
 def _crops(folder: Path, labels: dict[str, str]) -> Path:
     """A crop-stage output with one small PNG per crop_id -> folder emotion."""
     (folder / "images").mkdir(parents=True)
     with (folder / "crops.csv").open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["crop_id", "path", "source_sha256", "emotion", "prob"])
+        writer = csv.DictWriter(handle, fieldnames=CROP_COLUMNS)
+        writer.writeheader()
         for index, (crop_id, emotion) in enumerate(labels.items()):
             pixels = np.full((30, 30, 3), index * 20, dtype=np.uint8)
             Image.fromarray(pixels).save(folder / "images" / f"{crop_id}.png")
-            writer.writerow([crop_id, f"images/{crop_id}.png", "ab" * 32, emotion, "0.99"])
+            writer.writerow(_crop_row(crop_id, emotion))
     return folder
 
 
@@ -117,3 +131,24 @@ def test_review_without_crops_names_the_stage_to_run(tmp_path: Path) -> None:
     cfg = ReviewConfig(decisions=tmp_path / "none.csv")
     with pytest.raises(EmoganError, match=r"crops.csv: not found \(run the crop stage first\)"):
         apply_review(cfg, tmp_path / "crops", tmp_path / "out", tmp_path / "m.json")
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda text: text.replace("crop_id,", "", 1), "line 1: missing column 'crop_id'"),
+        (lambda text: text.replace(",0.99,", ",high,", 1), "line 2: prob 'high' is not a number"),
+        (lambda text: text.replace(",sad,", ",glum,", 1), "line 3: emotion 'glum' is not one of"),
+        (lambda text: text.replace(",0\n", "\n", 1), "line 2: 24 fields, the header has 25"),
+    ],
+)
+def test_a_malformed_crop_row_fails_with_its_file_and_line(
+    tmp_path: Path, edit: Callable[[str], str], message: str
+) -> None:
+    crops = _crops(tmp_path / "crops", {"a-00": "happy", "b-00": "sad"})
+    csv_path = crops / "crops.csv"
+    csv_path.write_text(edit(csv_path.read_text()))
+    cfg = ReviewConfig(decisions=tmp_path / "none.csv")
+    with pytest.raises(EmoganError) as caught:
+        apply_review(cfg, crops, tmp_path / "out", tmp_path / "m.json")
+    assert str(caught.value).startswith(f"{csv_path} {message}")

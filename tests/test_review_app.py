@@ -25,19 +25,12 @@ from matplotlib import cbook
 from PIL import Image
 
 from emogan.config import ReviewConfig
+from emogan.data.crop import COLUMNS as CROP_COLUMNS
 from emogan.data.review import ReviewDecision, read_decisions
 from emogan.emotions import EMOTIONS
 from emogan.review_app.server import create_server
 
 SCREENSHOTS = Path("/tmp/emogan-review")  # to look at: the grid, the photo view, a failed save
-# crops.csv as the crop stage writes it (emogan.data.crop.COLUMNS, spelled out here because
-# importing that module loads torch).
-CROP_COLUMNS = (
-    "crop_id", "path", "source_sha256", "source_path", "emotion", "prob",
-    "x1", "y1", "x2", "y2", "crop_side", "crop_a", "crop_b", "crop_tx", "crop_ty",
-    "left_eye_x", "left_eye_y", "right_eye_x", "right_eye_y", "nose_x", "nose_y",
-    "mouth_left_x", "mouth_left_y", "mouth_right_x", "mouth_right_y",
-)  # fmt: skip
 SCENE_SIZE = (1280, 960)  # larger than the 1024 px the photo view scales down to
 SERVE = (
     "import sys; from pathlib import Path; from emogan.config import ReviewConfig; "
@@ -367,6 +360,17 @@ def test_concurrent_writers_lose_nothing(world: World, base_url: str) -> None:
         crop_id: action for action, ids in halves.items() for crop_id in ids
     }
     assert len(world.decisions.read_text().splitlines()) == 41
+
+
+def test_the_server_and_review_stages_load_without_torch() -> None:
+    # They read crops.csv through emogan.data.crop, the crop stage's module, whose MTCNN and
+    # torch take seconds to load: the server would wait for them at every start.
+    modules = "emogan.review_app.server, emogan.data.review, emogan.data.simulated_review"
+    code = f"import sys, {modules}; print('torch' in sys.modules)"
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert loaded.stdout == "False\n"
 
 
 # ---- the page in a real browser, against a real server process

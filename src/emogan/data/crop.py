@@ -1,11 +1,15 @@
 """The crop stage: every face MTCNN finds in every collected photo, as a square crop framed by
-emogan.data.framing (aligned on its landmarks, or the square around its box)."""
+emogan.data.framing (aligned on its landmarks, or the square around its box), listed in
+crops.csv; and `read_crops`, through which the later stages read that file as `CropRecord`s."""
+
+from __future__ import annotations
 
 import csv
 import io
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
@@ -13,12 +17,14 @@ from tqdm import tqdm
 
 from emogan import atomic
 from emogan.config import CropConfig
-from emogan.data.detect import DetectedFace, detect_faces, load_detector
-from emogan.data.framing import FaceFrame, cut_out, frame_faces
 from emogan.data.images import read_rgb
-from emogan.data.landmarks import landmark_columns
-from emogan.device import resolve_device
+from emogan.data.landmarks import LANDMARKS, landmark_columns
+from emogan.emotions import EMOTIONS
 from emogan.errors import EmoganError
+
+if TYPE_CHECKING:
+    from emogan.data.detect import DetectedFace
+    from emogan.data.framing import FaceFrame
 
 # crop_a .. crop_ty: the FaceFrame from photo to crop pixels, so a crop traces back to its photo.
 COLUMNS = (
@@ -26,6 +32,69 @@ COLUMNS = (
     "x1", "y1", "x2", "y2", "crop_side", "crop_a", "crop_b", "crop_tx", "crop_ty",
     *landmark_columns(),
 )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class CropRecord:
+    """A crops.csv row as review, simulated review and the review tool read it. The frame
+    columns (crop_side .. crop_ty) are not in it: no later stage reads them."""
+
+    crop_id: str
+    path: str  # relative to the crops folder
+    source_sha256: str
+    source_path: str  # relative to the raw folder
+    emotion: str  # the photo's keyword folder
+    prob: float
+    box: tuple[float, float, float, float]  # the face in the source photo: x1, y1, x2, y2
+    landmarks: tuple[tuple[float, float], ...]  # MTCNN's five, in LANDMARKS order, in the photo
+
+
+def read_crops(crops_dir: Path) -> list[CropRecord]:
+    """The crop stage's crops.csv, in its order; a malformed row fails naming its line."""
+    path = Path(crops_dir) / "crops.csv"
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            reader = csv.reader(handle)
+            header = next(reader, [])
+            missing = [column for column in COLUMNS if column not in header]
+            if missing:
+                raise EmoganError(f"{path} line 1: missing column {missing[0]!r}")
+            crops = []
+            for fields in reader:
+                if not fields:  # a blank line, as a hand edit leaves at the end, is no row
+                    continue
+                where = f"{path} line {reader.line_num}"
+                if len(fields) != len(header):
+                    raise EmoganError(
+                        f"{where}: {len(fields)} fields, the header has {len(header)}"
+                    )
+                crops.append(_parse_crop(dict(zip(header, fields, strict=True)), where))
+            return crops
+    except FileNotFoundError:
+        raise EmoganError(f"{path}: not found (run the crop stage first)") from None
+
+
+def _parse_crop(row: dict[str, str], where: str) -> CropRecord:
+    def number(column: str) -> float:
+        try:
+            return float(row[column])
+        except ValueError:
+            raise EmoganError(f"{where}: {column} {row[column]!r} is not a number") from None
+
+    if row["emotion"] not in EMOTIONS:
+        raise EmoganError(
+            f"{where}: emotion {row['emotion']!r} is not one of {', '.join(EMOTIONS)}"
+        )
+    return CropRecord(
+        row["crop_id"],
+        row["path"],
+        row["source_sha256"],
+        row["source_path"],
+        row["emotion"],
+        number("prob"),
+        (number("x1"), number("y1"), number("x2"), number("y2")),
+        tuple((number(f"{name}_x"), number(f"{name}_y")) for name in LANDMARKS),
+    )
 
 
 @dataclass(frozen=True)
@@ -39,6 +108,8 @@ class Photo:
 
 @dataclass(frozen=True)
 class Crop:
+    """A kept face while the stage cuts it out; crops.csv is written from these."""
+
     crop_id: str
     photo: Photo
     face: DetectedFace
@@ -71,6 +142,12 @@ def crop_faces(
     metrics_path: Path,
 ) -> dict:
     """Detect, filter and crop every face of data/raw; write crops + crops.csv + metrics."""
+    # Imported here, not at the top: the review tools import this module for read_crops, and
+    # these load torch and MTCNN, seconds that the review server would wait at every start.
+    from emogan.data.detect import detect_faces, load_detector
+    from emogan.data.framing import cut_out, frame_faces
+    from emogan.device import resolve_device
+
     photos = _read_raw_manifest(Path(raw_dir) / "manifest.csv")
     detector = load_detector(
         str(resolve_device(cfg.device, "crop.device")), min_face_size=min(cfg.min_size, 20)

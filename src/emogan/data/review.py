@@ -18,6 +18,7 @@ from typing import Literal
 
 from emogan import atomic
 from emogan.config import ReviewConfig
+from emogan.data.crop import CropRecord, read_crops
 from emogan.emotions import EMOTIONS, LABEL_OF
 from emogan.errors import EmoganError
 
@@ -115,16 +116,6 @@ def forget_decision(path: Path, crop_id: str) -> None:
             write_decisions(path, decisions.values())
 
 
-def read_crops(crops_dir: Path) -> list[dict[str, str]]:
-    """The crop stage's crops.csv rows."""
-    path = Path(crops_dir) / "crops.csv"
-    try:
-        with path.open(newline="", encoding="utf-8") as handle:
-            return list(csv.DictReader(handle))
-    except FileNotFoundError:
-        raise EmoganError(f"{path}: not found (run the crop stage first)") from None
-
-
 def apply_review(
     cfg: ReviewConfig,
     crops_dir: Path,
@@ -138,18 +129,18 @@ def apply_review(
     rows = []
     with atomic.atomic_path(Path(out_dir)) as work:
         for crop in crops:
-            decision = decisions.get(crop["crop_id"])
+            decision = decisions.get(crop.crop_id)
             outcome = decision.action if decision else f"unreviewed_{cfg.unreviewed}"
             counts[outcome] += 1
             if outcome in ("drop", "unreviewed_drop"):
                 continue
-            emotion = decision.label if outcome == "relabel" else crop["emotion"]
-            relative = f"{emotion}/{crop['crop_id']}.png"
+            emotion = decision.label if outcome == "relabel" else crop.emotion
+            relative = f"{emotion}/{crop.crop_id}.png"
             (work / emotion).mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(Path(crops_dir) / crop["path"], work / relative)
+            shutil.copyfile(Path(crops_dir) / crop.path, work / relative)
             rows.append(_reviewed_row(crop, relative, emotion, outcome))
         _write_reviewed_csv(work / "reviewed.csv", rows)
-    stale = sorted(set(decisions) - {crop["crop_id"] for crop in crops})
+    stale = sorted(set(decisions) - {crop.crop_id for crop in crops})
     metrics = {
         "crops": len(crops),
         "kept": counts["keep"],
@@ -166,16 +157,16 @@ def apply_review(
     return metrics
 
 
-def _reviewed_row(crop: dict[str, str], path: str, emotion: str, outcome: str) -> dict:
+def _reviewed_row(crop: CropRecord, path: str, emotion: str, outcome: str) -> dict:
     return {
-        "crop_id": crop["crop_id"],
+        "crop_id": crop.crop_id,
         "path": path,
         "emotion": emotion,
         "label": LABEL_OF[emotion],
-        "original_emotion": crop["emotion"],
+        "original_emotion": crop.emotion,
         "decision": "unreviewed" if outcome.startswith("unreviewed") else outcome,
-        "source_sha256": crop["source_sha256"],
-        "prob": crop["prob"],
+        "source_sha256": crop.source_sha256,
+        "prob": crop.prob,
     }
 
 

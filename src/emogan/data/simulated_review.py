@@ -12,7 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from emogan import atomic
-from emogan.data.review import ReviewDecision, read_crops, write_decisions
+from emogan.data.crop import CropRecord, read_crops
+from emogan.data.review import ReviewDecision, write_decisions
 
 REVIEWER = "simulated"
 DECIDED_AT = "2026-01-01T00:00:00+00:00"  # fixed, so the stage's output is deterministic
@@ -47,7 +48,7 @@ def simulate_review(
     photo_of_sha = _demo_photos(Path(raw_dir) / "manifest.csv", set(truths_by_photo))
     decisions, found = [], set()
     for crop in read_crops(crops_dir):
-        photo = photo_of_sha.get(crop["source_sha256"])
+        photo = photo_of_sha.get(crop.source_sha256)
         if photo is None:
             continue
         decision, match = _decide(crop, truths_by_photo[photo])
@@ -67,19 +68,16 @@ def simulate_review(
     return metrics
 
 
-def _decide(
-    crop: dict[str, str], truths: list[dict[str, str]]
-) -> tuple[ReviewDecision, int | None]:
-    box = [float(crop[k]) for k in ("x1", "y1", "x2", "y2")]
-    match = best_match(box, [[float(t[k]) for k in ("x1", "y1", "x2", "y2")] for t in truths])
+def _decide(crop: CropRecord, truths: list[dict[str, str]]) -> tuple[ReviewDecision, int | None]:
+    match = best_match(crop.box, [[float(t[k]) for k in ("x1", "y1", "x2", "y2")] for t in truths])
     if match is None:
-        return ReviewDecision(crop["crop_id"], "drop", "", REVIEWER, DECIDED_AT, "no face"), None
+        return ReviewDecision(crop.crop_id, "drop", "", REVIEWER, DECIDED_AT, "no face"), None
     face = truths[match]
-    if face["emotion"] != crop["emotion"]:
+    if face["emotion"] != crop.emotion:
         action, label, note = "relabel", face["emotion"], f"face {face['face']}, in the background"
     else:
         action, label, note = "keep", "", f"face {face['face']}"
-    return ReviewDecision(crop["crop_id"], action, label, REVIEWER, DECIDED_AT, note), match
+    return ReviewDecision(crop.crop_id, action, label, REVIEWER, DECIDED_AT, note), match
 
 
 def _ground_truth(path: Path) -> dict[str, list[dict[str, str]]]:

@@ -13,7 +13,7 @@ import signal
 import threading
 import webbrowser
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -24,13 +24,12 @@ from urllib.parse import unquote, urlsplit
 from PIL import Image, ImageDraw
 
 from emogan.config import ReviewConfig
+from emogan.data.crop import CropRecord, read_crops
 from emogan.data.images import read_rgb
-from emogan.data.landmarks import LANDMARKS
 from emogan.data.review import (
     ReviewDecision,
     forget_decision,
     parse_decision,
-    read_crops,
     read_decisions,
     record_decision,
 )
@@ -61,38 +60,7 @@ class HttpError(EmoganError):
         self.status = status
 
 
-@dataclass(frozen=True)
-class Crop:
-    crop_id: str
-    path: str  # relative to the crops folder
-    source_path: str  # relative to the raw folder
-    source_sha256: str
-    emotion: str  # the photo's keyword folder
-    prob: float
-    box: tuple[float, float, float, float]  # the face in the source photo: x1, y1, x2, y2
-    landmarks: tuple[tuple[float, float], ...]  # MTCNN's five, in LANDMARKS order, in the photo
-
-
-def _parse_crop(row: dict[str, str], where: str) -> Crop:
-    try:
-        crop = Crop(
-            row["crop_id"],
-            row["path"],
-            row["source_path"],
-            row["source_sha256"],
-            row["emotion"],
-            float(row["prob"]),
-            (float(row["x1"]), float(row["y1"]), float(row["x2"]), float(row["y2"])),
-            tuple((float(row[f"{name}_x"]), float(row[f"{name}_y"])) for name in LANDMARKS),
-        )
-    except (KeyError, TypeError, ValueError) as error:
-        raise EmoganError(f"{where}: not a crop row ({type(error).__name__}: {error})") from None
-    if crop.emotion not in EMOTIONS:
-        raise EmoganError(f"{where}: emotion {crop.emotion!r} is not one of {', '.join(EMOTIONS)}")
-    return crop
-
-
-def _review_order(crop: Crop) -> tuple:
+def _review_order(crop: CropRecord) -> tuple:
     """By emotion in FER2013 order, then the least certain faces first: the likeliest non-faces."""
     return EMOTIONS.index(crop.emotion), crop.prob, crop.crop_id
 
@@ -122,11 +90,9 @@ class ReviewSession:
         self.crops_dir = Path(crops_dir)
         self.raw_dir = Path(raw_dir)
         self.reviewer = reviewer
-        rows = read_crops(self.crops_dir)
-        csv_path = self.crops_dir / "crops.csv"
-        crops = [_parse_crop(row, f"{csv_path} line {n}") for n, row in enumerate(rows, start=2)]
-        self.crops = {crop.crop_id: crop for crop in sorted(crops, key=_review_order)}
-        self._faces_by_photo: dict[str, list[Crop]] = {}
+        crops = sorted(read_crops(self.crops_dir), key=_review_order)
+        self.crops = {crop.crop_id: crop for crop in crops}
+        self._faces_by_photo: dict[str, list[CropRecord]] = {}
         for crop in self.crops.values():
             self._faces_by_photo.setdefault(crop.source_sha256, []).append(crop)
         self._writing = threading.Lock()
@@ -210,13 +176,13 @@ class ReviewSession:
         image.save(buffer, "JPEG", quality=88)
         return buffer.getvalue()
 
-    def _crop(self, crop_id: str) -> Crop:
+    def _crop(self, crop_id: str) -> CropRecord:
         try:
             return self.crops[crop_id]
         except KeyError:
             raise HttpError(HTTPStatus.NOT_FOUND, f"unknown crop {crop_id!r}") from None
 
-    def _crop_named_in(self, body: dict) -> Crop:
+    def _crop_named_in(self, body: dict) -> CropRecord:
         return self._crop(_text(body, "crop_id"))
 
     @staticmethod
@@ -226,7 +192,7 @@ class ReviewSession:
         except EmoganError as error:
             raise HttpError(HTTPStatus.BAD_REQUEST, str(error)) from None
 
-    def _answer(self, crop: Crop) -> dict:
+    def _answer(self, crop: CropRecord) -> dict:
         """What the page needs after a change: the crop as it now stands, and the counts."""
         decisions = read_decisions(self.cfg.decisions)
         return {
@@ -234,7 +200,7 @@ class ReviewSession:
             "progress": self._progress(decisions),
         }
 
-    def _view(self, crop: Crop, decision: ReviewDecision | None) -> dict:
+    def _view(self, crop: CropRecord, decision: ReviewDecision | None) -> dict:
         return {
             "id": crop.crop_id,
             "emotion": crop.emotion,
@@ -245,7 +211,7 @@ class ReviewSession:
             "effective_emotion": self._effective_emotion(crop, decision),
         }
 
-    def _effective_emotion(self, crop: Crop, decision: ReviewDecision | None) -> str | None:
+    def _effective_emotion(self, crop: CropRecord, decision: ReviewDecision | None) -> str | None:
         """The emotion the review stage files the crop under; None where it drops the crop."""
         if decision is None:
             return None if self.cfg.unreviewed == "drop" else crop.emotion
