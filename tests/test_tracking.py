@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import socket
@@ -212,6 +213,56 @@ def test_attach_to_a_missing_run_reports_one_line_and_does_nothing(
     report = capfd.readouterr().err.strip().splitlines()
     assert len(report) == 1
     assert "f" * 32 in report[0]
+
+
+def test_a_disabled_run_has_no_id_and_does_nothing(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    run = TrainingRun.disabled()
+    (tmp_path / "loss.csv").write_text("iteration\n")
+    run.log_metrics({"G/loss": 1.0}, step=1)
+    run.set_tags(TAGS)
+    run.log_artifact(tmp_path / "loss.csv")
+    run.describe_model(REGISTERED_MODEL, "a generator")
+    run.end("KILLED")
+
+    assert run.run_id is None and run.failures == 0
+    assert capfd.readouterr().err == ""
+
+
+QUIET_SCRIPT = """
+import logging
+import sys
+
+import mlflow
+
+names = ["mlflow.store.db.utils", "alembic", "mlflow.store.model_registry.abstract_store",
+         "mlflow.pyfunc"]
+levels = lambda: [logging.getLogger(name).level for name in names]
+print(levels())
+from emogan.config import MlflowConfig
+from emogan.tracking import CHATTY_LOGGERS, TrainingRun
+
+assert list(CHATTY_LOGGERS) == names
+print(levels())
+cfg = MlflowConfig(tracking_uri=sys.argv[1])
+TrainingRun.start(cfg, ".", run_id=None, run_name="quiet", params={}, tags={})
+print(levels())
+"""
+
+
+def test_importing_tracking_leaves_mlflows_loggers_and_opening_a_store_quiets_them(
+    tmp_path: Path,
+) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    done = subprocess.run(
+        [sys.executable, "-c", QUIET_SCRIPT, uri], capture_output=True, text=True, check=True
+    )
+    mlflows, imported, opened = done.stdout.splitlines()
+    assert imported == mlflows  # as mlflow's import left them: mostly unset
+    assert set(json.loads(opened)) == {logging.WARNING}
+    assert done.stderr == ""  # creating the store's tables announced nothing
+    assert (tmp_path / "mlflow.db").exists()
 
 
 @pytest.fixture

@@ -52,10 +52,12 @@ HTTP_SETTINGS = {
 
 # Creating a sqlite store's tables, registering a model version and logging the generator
 # announce themselves at INFO level on stderr.
-logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
-logging.getLogger("alembic").setLevel(logging.WARNING)
-logging.getLogger("mlflow.store.model_registry.abstract_store").setLevel(logging.WARNING)
-logging.getLogger("mlflow.pyfunc").setLevel(logging.WARNING)  # "Validating input example ..."
+CHATTY_LOGGERS = (
+    "mlflow.store.db.utils",
+    "alembic",
+    "mlflow.store.model_registry.abstract_store",
+    "mlflow.pyfunc",  # "Validating input example ..."
+)
 # What kind of experiment this is, in MLflow 3's terms: training runs. MLflow 3.0-3.x UIs open
 # an experiment on its kind's pages; 3.17's opens on the GenAI pages unless the browser chose
 # "Model training" once, or the address asks for it (TRAINING_VIEW, what `make mlflow-ui` shows).
@@ -81,9 +83,7 @@ def resolve_tracking_uri(cfg: MlflowConfig, root: Path) -> str:
 def training_runs_page(cfg: MlflowConfig, root: Path, ui_url: str) -> str:
     """The address of cfg.experiment's training runs in the MLflow UI at ui_url (its list of
     experiments while the experiment does not exist yet)."""
-    experiment = MlflowClient(resolve_tracking_uri(cfg, root)).get_experiment_by_name(
-        cfg.experiment
-    )
+    experiment = _open_store(resolve_tracking_uri(cfg, root)).get_experiment_by_name(cfg.experiment)
     page = f"experiments/{experiment.experiment_id}" if experiment else "experiments"
     return f"{ui_url}/#/{page}?{TRAINING_VIEW}"
 
@@ -131,17 +131,23 @@ class TrainingRun:
     """One MLflow run of one training. After start, every call is best-effort: a tracking
     failure (server down, disk full, ...) is reported once as one line on stderr naming the
     tracking URI and the error, later failures are counted silently, and training goes on.
-    `failures` counts them. When the run could not even be created or found, `run_id` is None
-    and every later call does nothing."""
+    `failures` counts them. When the run could not even be created or found, or is `disabled`,
+    `run_id` is None and every later call does nothing."""
 
-    def __init__(self, tracking_uri: str) -> None:
+    def __init__(self, tracking_uri: str | None) -> None:
+        """Open the store at tracking_uri; None opens none (`disabled`)."""
         self.tracking_uri = tracking_uri
         self.run_id: str | None = None
         self.failures = 0
-        # The registry lives in the same store, whatever MLflow's global registry setting is.
         # Opening a store can fail too (two queue workers creating one sqlite schema at once),
         # and that must not stop training either.
-        self._client = self._attempt(lambda: MlflowClient(tracking_uri, registry_uri=tracking_uri))
+        self._client = self._attempt(lambda: _open_store(tracking_uri)) if tracking_uri else None
+
+    @classmethod
+    def disabled(cls) -> "TrainingRun":
+        """A run that tracks nothing, without a store: what every rank but rank 0 logs to under
+        torchrun, so that a training has one MLflow run."""
+        return cls(None)
 
     @classmethod
     def start(
@@ -386,6 +392,7 @@ def load_logged_generator(model_uri: str, tracking_uri: str) -> tuple[torch.nn.M
     in the store at tracking_uri, the registry included. A store that cannot be reached, a URI
     that does not resolve or a model that is not an emogan generator is an EmoganError of one
     line."""
+    _quiet_mlflow_loggers()
     try:
         with _environment(HTTP_SETTINGS), _global_tracking_uri(tracking_uri):
             translator = mlflow.pyfunc.load_model(model_uri).unwrap_python_model()
@@ -396,6 +403,20 @@ def load_logged_generator(model_uri: str, tracking_uri: str) -> tuple[torch.nn.M
     if not isinstance(translator, FaceTranslator):
         raise EmoganError(f"{model_uri}: a {type(translator).__name__}, not an emogan generator")
     return translator.generator, translator.config
+
+
+def _open_store(tracking_uri: str) -> MlflowClient:
+    """A client of the store at tracking_uri whose registry lives in the same store, whatever
+    MLflow's global registry setting is."""
+    _quiet_mlflow_loggers()
+    return MlflowClient(tracking_uri, registry_uri=tracking_uri)
+
+
+def _quiet_mlflow_loggers() -> None:
+    """Raise CHATTY_LOGGERS to WARNING: done when emogan opens a store, not when it is imported,
+    as these levels hold for the whole process."""
+    for name in CHATTY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def _with_links(description: str, run: Run) -> str:

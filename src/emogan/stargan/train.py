@@ -284,7 +284,7 @@ def _train(
         )
     window = LossWindow(device, progress.window, world.mean)
     exp_name = os.environ.get("DVC_EXP_NAME")
-    run: TrainingRun | _NoRun = _NoRun()  # one MLflow run: rank 0's
+    run = TrainingRun.disabled()  # one MLflow run: rank 0's
     if world.is_main:
         run = TrainingRun.start(
             params.mlflow,
@@ -386,18 +386,6 @@ def _train(
 
 class Preempted(EmoganError):
     """SIGTERM stopped training after writing a checkpoint; running the stage again resumes."""
-
-
-class _NoRun:
-    """What ranks other than 0 track under torchrun: nothing, so a training has one MLflow run."""
-
-    run_id = None
-
-    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
-        pass
-
-    def end(self, status: str = "FINISHED") -> None:
-        pass
 
 
 class LossWindow:
