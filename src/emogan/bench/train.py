@@ -9,7 +9,13 @@ import torch
 from emogan.config import Params
 from emogan.data.processed import Dataset, load_split
 from emogan.device import resolve_device
-from emogan.stargan.train import Networks, build_networks, sample_batch, train_iteration
+from emogan.stargan.train import (
+    Networks,
+    build_networks,
+    sample_batch,
+    train_iteration,
+    use_tf32,
+)
 
 THESIS_ITERATIONS = 200_000
 ROUNDS = 5  # timed blocks per path, alternated so that a noisy machine slows both alike
@@ -24,6 +30,7 @@ def bench_train(
     same process and device, and the two are timed in alternating blocks."""
     cfg = params.train
     device = resolve_device(cfg.device, "train.device")
+    use_tf32(device)
     data = load_split(data_dir, "train", device)
     report = {
         "device": str(device),
@@ -76,9 +83,6 @@ class _Loop:
     def run(self, steps: int) -> float:
         """Seconds for `steps` more iterations, the device's queue included."""
         if self.device.type == "cuda":
-            # The fast path allows TF32 matmuls for the whole process; the eager loop keeps
-            # PyTorch's default, which does not.
-            torch.backends.cuda.matmul.allow_tf32 = self.fast
             torch.cuda.synchronize(self.device)
         start = time.perf_counter()
         for _ in range(steps):

@@ -65,12 +65,19 @@ class Networks:
     d_optimizer: torch.optim.Adam
 
 
+def use_tf32(device: torch.device) -> None:
+    """On CUDA, let matmuls too, not only cuDNN's convolutions (PyTorch's default), round their
+    inputs to TF32, for the whole process: the train stage's setting."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+
+
 def build_networks(params: Params, data: Dataset, fast: bool = True) -> Networks:
     """G, D and their Adam optimizers on data's device, for data's channel count; D starts as
     model.d_init says, calibrated on data's first CALIBRATION_FACES faces. On CUDA, `fast` lays
-    the networks out channels-last (cuDNN's quickest convolutions), fuses Adam's update into one
-    kernel and allows TF32 matmuls; with train.compile it compiles G on any device. The weights
-    and the update are the same math either way."""
+    the networks out channels-last (cuDNN's quickest convolutions) and fuses Adam's update into
+    one kernel; with train.compile it compiles G on any device. The weights and the update are
+    the same math either way."""
     check_architecture(params.image_size, params.d_layers)
     channels, device = data.images.size(1), data.images.device
     G = Generator(channels, C_DIM, params.model.g_conv_dim, params.g_layers).to(device)
@@ -84,7 +91,6 @@ def build_networks(params: Params, data: Dataset, fast: bool = True) -> Networks
     cuda = fast and device.type == "cuda"
     if cuda:
         G, D = G.to(memory_format=torch.channels_last), D.to(memory_format=torch.channels_last)
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     if fast and params.train.compile:
         G.compile()  # in place, so state_dict keys stay those of the plain network
     cfg = params.train
@@ -267,6 +273,7 @@ def _train(
     # so that the next run of this configuration, wherever it runs, finds the checkpoint.
     ckpt_path = checkpoint_path(root / checkpoint_dir, config_id)
 
+    use_tf32(device)
     torch.manual_seed(cfg.seed)
     nets = build_networks(params, data)
     generator = torch.Generator(device).manual_seed(cfg.seed)  # drives batches, targets, GP mix
