@@ -5,13 +5,18 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
-from emogan.config import Params
+from emogan.config import Params, TrainConfig
 from emogan.data.processed import Dataset, load_split
 from emogan.device import resolve_device
 from emogan.stargan.train import (
+    C_DIM,
     Networks,
     build_networks,
+    draw_targets,
+    gradient_penalty,
+    learning_rates,
     sample_batch,
     train_iteration,
     use_tf32,
@@ -26,8 +31,9 @@ def bench_train(
 ) -> dict:
     """Time `iterations` iterations after `warmup` untimed ones (allocator, cuDNN autotuning,
     compilation). An iteration is one D update plus, every n_critic-th, one G update, as in
-    training. With compare_eager, the eager reference loop is built beside the fast path in the
-    same process and device, and the two are timed in alternating blocks."""
+    training. With compare_eager, the official code's eager loop (official_iteration) is built
+    beside the fast path in the same process and device, and the two are timed in alternating
+    blocks."""
     cfg = params.train
     device = resolve_device(cfg.device, "train.device")
     use_tf32(device)
@@ -69,12 +75,74 @@ def bench_train(
     return report
 
 
+def official_iteration(
+    nets: Networks,
+    x_real: torch.Tensor,
+    label_org: torch.Tensor,
+    cfg: TrainConfig,
+    iteration: int,
+    generator: torch.Generator,
+) -> dict[str, torch.Tensor]:
+    """`train_iteration` in the order of passes of the official code (yunjey/stargan
+    solver.py): D on the real, the fake and the interpolated batch, then every n_critic-th
+    iteration G's translation and reconstruction, in float32. The same random draws, losses and
+    updates, so the fast path is checked against it and timed beside it; the identity term,
+    which the official losses lack, comes last as in train_iteration."""
+    nets.set_learning_rates(*learning_rates(cfg, iteration))
+    label_trg = draw_targets(label_org, cfg.target_sampling, generator)
+    c_org = F.one_hot(label_org, C_DIM).float()
+    c_trg = F.one_hot(label_trg, C_DIM).float()
+
+    out_src, out_cls = nets.D(x_real)
+    d_loss_real = -out_src.mean()
+    d_loss_cls = F.cross_entropy(out_cls, label_org)
+
+    x_fake = nets.G(x_real, c_trg)
+    out_src, _ = nets.D(x_fake.detach())
+    d_loss_fake = out_src.mean()
+
+    alpha = torch.rand(x_real.size(0), 1, 1, 1, device=x_real.device, generator=generator)
+    x_hat = (alpha * x_real + (1 - alpha) * x_fake.detach()).requires_grad_(True)
+    out_src, _ = nets.D(x_hat)
+    d_loss_gp = gradient_penalty(out_src, x_hat)
+
+    d_loss = d_loss_real + d_loss_fake + cfg.lambda_cls * d_loss_cls + cfg.lambda_gp * d_loss_gp
+    nets.d_optimizer.zero_grad(set_to_none=True)
+    d_loss.backward()
+    nets.d_optimizer.step()
+    losses = {"D/loss_real": d_loss_real, "D/loss_fake": d_loss_fake,
+              "D/loss_cls": d_loss_cls, "D/loss_gp": d_loss_gp}  # fmt: skip
+
+    if (iteration + 1) % cfg.n_critic == 0:
+        x_fake = nets.G(x_real, c_trg)
+        out_src, out_cls = nets.D(x_fake)
+        g_loss_fake = -out_src.mean()
+        g_loss_cls = F.cross_entropy(out_cls, label_trg)
+
+        x_reconst = nets.G(x_fake, c_org)
+        g_loss_rec = (x_real - x_reconst).abs().mean()
+
+        g_loss = g_loss_fake + cfg.lambda_rec * g_loss_rec + cfg.lambda_cls * g_loss_cls
+        losses |= {"G/loss_fake": g_loss_fake, "G/loss_rec": g_loss_rec,
+                   "G/loss_cls": g_loss_cls}  # fmt: skip
+        if cfg.lambda_id:
+            g_loss_id = (x_real - nets.G(x_real, c_org)).abs().mean()
+            g_loss = g_loss + cfg.lambda_id * g_loss_id
+            losses["G/loss_id"] = g_loss_id
+        nets.g_optimizer.zero_grad(set_to_none=True)
+        g_loss.backward()
+        nets.g_optimizer.step()
+    return {name: value.detach() for name, value in losses.items()}
+
+
 class _Loop:
-    """A freshly built, identically seeded training that runs a given number of iterations."""
+    """A freshly built, identically seeded training that runs a given number of iterations:
+    the fast path (build_networks' fast layout, train_iteration) or the official one."""
 
     def __init__(self, params: Params, data: Dataset, fast: bool) -> None:
-        self.cfg, self.data, self.fast = params.train, data, fast
+        self.cfg, self.data = params.train, data
         self.device = data.images.device
+        self.step = train_iteration if fast else official_iteration
         torch.manual_seed(self.cfg.seed)
         self.nets: Networks = build_networks(params, data, fast)
         self.generator = torch.Generator(self.device).manual_seed(self.cfg.seed)
@@ -89,9 +157,7 @@ class _Loop:
             x_real, label_org = sample_batch(
                 self.data, self.cfg.batch_size, self.generator, self.cfg.batch_sampling
             )
-            train_iteration(
-                self.nets, x_real, label_org, self.cfg, self.iteration, self.generator, self.fast
-            )
+            self.step(self.nets, x_real, label_org, self.cfg, self.iteration, self.generator)
             self.iteration += 1
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)

@@ -64,6 +64,12 @@ class Networks:
     g_optimizer: torch.optim.Adam
     d_optimizer: torch.optim.Adam
 
+    def set_learning_rates(self, g_lr: float, d_lr: float) -> None:
+        for group in self.g_optimizer.param_groups:
+            group["lr"] = g_lr
+        for group in self.d_optimizer.param_groups:
+            group["lr"] = d_lr
+
 
 def use_tf32(device: torch.device) -> None:
     """On CUDA, let matmuls too, not only cuDNN's convolutions (PyTorch's default), round their
@@ -155,47 +161,37 @@ def train_iteration(
     cfg: TrainConfig,
     iteration: int,
     generator: torch.Generator,
-    fast: bool = True,
 ) -> dict[str, torch.Tensor]:
-    """One D update, and a G update when iteration + 1 is a multiple of n_critic.
-
-    `fast` scores the real, fake and interpolated batches in one pass of D, translates once for
-    both updates of a G step, and runs the passes in cfg.precision; `fast=False` is the official
-    code's order of passes in float32, kept as the reference the fast path is checked against.
+    """One D update, and a G update when iteration + 1 is a multiple of n_critic: the official
+    losses and updates in fewer passes. D scores the real, fake and interpolated batches in one
+    pass, a G step translates once for both updates, and the passes run in cfg.precision.
+    `emogan.bench.train.official_iteration` is the official code's order of passes, which this
+    is checked against.
 
     Returns the detached loss terms as float32 device tensors: reading them is the caller's
     choice, so the loop need not wait for the device every iteration.
     """
     G, D = nets.G, nets.D
-    g_lr, d_lr = learning_rates(cfg, iteration)
-    for group in nets.g_optimizer.param_groups:
-        group["lr"] = g_lr
-    for group in nets.d_optimizer.param_groups:
-        group["lr"] = d_lr
+    nets.set_learning_rates(*learning_rates(cfg, iteration))
     label_trg = draw_targets(label_org, cfg.target_sampling, generator)
     c_org = F.one_hot(label_org, C_DIM).float()
     c_trg = F.one_hot(label_trg, C_DIM).float()
     g_step = (iteration + 1) % cfg.n_critic == 0
-    # G's weights do not change in D's update, so on a G step the translation D learns from is
-    # the one G's update needs: the fast path keeps its graph instead of translating again.
-    reuse = fast and g_step
-    passes = torch.autocast(x_real.device.type, torch.bfloat16, fast and cfg.precision == "bf16")
+    passes = torch.autocast(x_real.device.type, torch.bfloat16, cfg.precision == "bf16")
 
-    with passes, torch.set_grad_enabled(reuse):
+    # G's weights do not change in D's update, so on a G step the translation D learns from is
+    # the one G's update needs: its graph is kept instead of translating again.
+    with passes, torch.set_grad_enabled(g_step):
         x_fake = G(x_real, c_trg)
     alpha = torch.rand(x_real.size(0), 1, 1, 1, device=x_real.device, generator=generator)
     x_hat = (alpha * x_real + (1 - alpha) * x_fake.detach()).requires_grad_(True)
     with passes:
-        if fast:
-            # D has no normalisation, so one pass over the three batches stacked is the same
-            # function as three passes, with a third of the kernel launches and larger GEMMs.
-            out_src, out_cls = D(torch.cat([x_real, x_fake.detach(), x_hat]))
-            src_real, src_fake, src_hat = out_src.split(x_real.size(0))
-            cls_real = out_cls[: x_real.size(0)]
-        else:
-            (src_real, cls_real), src_fake, src_hat = D(x_real), D(x_fake)[0], D(x_hat)[0]
+        # D has no normalisation, so one pass over the three batches stacked is the same
+        # function as three passes, with a third of the kernel launches and larger GEMMs.
+        out_src, out_cls = D(torch.cat([x_real, x_fake.detach(), x_hat]))
+        src_real, src_fake, src_hat = out_src.split(x_real.size(0))
         d_loss_real = -src_real.mean()
-        d_loss_cls = F.cross_entropy(cls_real, label_org)
+        d_loss_cls = F.cross_entropy(out_cls[: x_real.size(0)], label_org)
         d_loss_fake = src_fake.mean()
         d_loss_gp = gradient_penalty(src_hat, x_hat)
         d_loss = d_loss_real + d_loss_fake + cfg.lambda_cls * d_loss_cls + cfg.lambda_gp * d_loss_gp
@@ -207,8 +203,6 @@ def train_iteration(
 
     if g_step:
         with passes:
-            if not reuse:
-                x_fake = G(x_real, c_trg)
             out_src, out_cls = D(x_fake)
             g_loss_fake = -out_src.mean()
             g_loss_cls = F.cross_entropy(out_cls, label_trg)
