@@ -7,7 +7,6 @@ the same configuration (see checkpoint.py), stopped cleanly by SIGTERM, tracked 
 
 import csv
 import io
-import json
 import os
 import shutil
 import signal
@@ -22,11 +21,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-import yaml
 from tqdm import tqdm
 
 from emogan import atomic
-from emogan.config import Params, TrainConfig, project_root
+from emogan.config import Params, TrainConfig, params_yaml, project_root
 from emogan.data.processed import Dataset, check_images, dataset_hash, load_split
 from emogan.device import emulates_bf16
 from emogan.emotions import EMOTIONS
@@ -47,7 +45,7 @@ from emogan.stargan.model import (
     check_architecture,
     start_at_unit_gradient,
 )
-from emogan.stargan.trained import CONFIG_FILE, DISCRIMINATOR_FILE, GENERATOR_FILE, RUN_FILE
+from emogan.stargan.trained import save_trained
 from emogan.tracking import TrainingRun, resolve_tracking_uri, run_tags
 
 C_DIM = len(EMOTIONS)
@@ -366,14 +364,10 @@ def _train(
     }
     with atomic.atomic_path(Path(out_dir)) as work:
         work.mkdir()
-        torch.save(nets.G.state_dict(), work / GENERATOR_FILE)
-        torch.save(nets.D.state_dict(), work / DISCRIMINATOR_FILE)
-        (work / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-        (work / RUN_FILE).write_text(json.dumps(run_info, indent=2, sort_keys=True) + "\n")
+        save_trained(work, nets.G, nets.D, config, run_info)
     atomic.write_json(Path(metrics_path), metrics)
     run.log_artifact(Path(loss_log))
-    params_yaml = yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False)
-    _log_bytes(run, "params.yaml", params_yaml.encode("utf-8"))
+    _log_bytes(run, "params.yaml", params_yaml(params).encode("utf-8"))  # every key
     run.log_artifact(ckpt_path, "checkpoint")
     run.log_generator(
         Path(out_dir), config, model_input(faces[:2]), REGISTERED_MODEL, model_description(config)
