@@ -1,0 +1,112 @@
+"""What a stage shows on stderr: its header, a tqdm bar on a terminal, a few lines in a log."""
+
+import io
+import json
+import os
+from pathlib import Path
+
+import pytest
+from tqdm import tqdm
+
+from emogan import progress
+from emogan.progress import (
+    LOG_LINES,
+    STAGE_TIMING,
+    LogProgress,
+    format_duration,
+    machine_identity,
+    progress_bar,
+    stage_header,
+    stage_timing,
+)
+
+
+class FakeTerminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def _log_lines(text: str, desc: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith(f"{desc}: ")]
+
+
+def test_on_a_terminal_the_bar_is_tqdms() -> None:
+    terminal = FakeTerminal()
+    with progress_bar(50, "train", "it", stream=terminal) as bar:
+        assert isinstance(bar, tqdm)
+        for _ in range(50):
+            bar.update()
+    drawn = terminal.getvalue()
+    assert drawn.startswith("\rtrain:   0%|") and drawn.count("\r") >= 2  # redrawn in place
+    assert "50/50" in drawn
+
+
+def test_in_a_log_a_bar_writes_a_line_per_tenth_and_no_carriage_return() -> None:
+    log = io.StringIO()
+    with progress_bar(1000, "train", "it", stream=log) as bar:
+        assert isinstance(bar, LogProgress)
+        for done in range(1, 1001):
+            bar.set_postfix({"loss": done}, refresh=False)
+            bar.update()
+    text = log.getvalue()
+    lines = _log_lines(text, "train")
+    assert "\r" not in text and len(lines) == LOG_LINES == len(text.splitlines())
+    assert lines[0].startswith("train: 10% 100/1000 it, ") and "elapsed, about " in lines[0]
+    assert lines[0].endswith("; loss=100")
+    assert lines[-1].startswith("train: 100% 1000/1000 it in ") and lines[-1].endswith("loss=1000")
+
+
+def test_a_resumed_bar_counts_from_where_it_resumed_and_says_where_it_stopped() -> None:
+    log = io.StringIO()
+    with progress_bar(100, "train", "it", initial=45, stream=log) as bar:
+        for _ in range(30):
+            bar.update()
+    lines = _log_lines(log.getvalue(), "train")
+    # 50, 60 and 70 reached; the stop at 75 is the last line.
+    assert [line.split()[2] for line in lines] == ["50/100", "60/100", "70/100", "75/100"]
+    assert "left" in lines[-1]
+
+
+def test_a_hidden_bar_writes_nothing(capsys: pytest.CaptureFixture[str]) -> None:
+    with progress_bar(10, "train", "it", show=False) as bar:
+        bar.update(10)
+    assert capsys.readouterr() == ("", "")
+
+
+def test_durations_read_as_a_person_says_them() -> None:
+    assert [format_duration(s) for s in (4.24, 38.4, 59.6, 125, 3599.6, 3780)] == [
+        "4.2s",
+        "38s",
+        "1m 00s",
+        "2m 05s",
+        "1h 00m",
+        "1h 03m",
+    ]
+
+
+def test_the_header_quotes_only_a_duration_timed_on_this_machine(tmp_path: Path) -> None:
+    metrics = tmp_path / "train.json"
+    assert stage_header("train", metrics) == "emogan train: no previous run on this machine"
+    metrics.write_text("{not json")
+    assert stage_header("train", metrics) == "emogan train: no previous run on this machine"
+    metrics.write_text(json.dumps({"wall_s": 782.8}))  # a run from before stage_timing
+    assert stage_header("train", metrics) == "emogan train: no previous run on this machine"
+
+    here = {"wall_s": 782.8, "machine": machine_identity()}
+    metrics.write_text(json.dumps({"iterations": 6000, STAGE_TIMING: here}))
+    assert stage_header("train", metrics) == (
+        "emogan train: expect about 13m 03s (the last run on this machine)"
+    )
+    elsewhere = {"wall_s": 95.0, "machine": "Intel Xeon Platinum 8480+, 16 cores; NVIDIA H200"}
+    metrics.write_text(json.dumps({STAGE_TIMING: elsewhere}))
+    assert stage_header("train", metrics) == (
+        f"emogan train: no previous run on this machine ({metrics} was timed on Intel Xeon "
+        "Platinum 8480+, 16 cores; NVIDIA H200)"
+    )
+
+
+def test_the_timing_names_this_machines_cpu_and_cores() -> None:
+    timing = stage_timing(0.0)[STAGE_TIMING]
+    assert set(timing) == {"wall_s", "machine"} and timing["wall_s"] > 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    assert timing["machine"].startswith(f"{progress._cpu_model()}, {cores} cores")
