@@ -12,6 +12,7 @@ import click
 from emogan.config import DEFAULT_PARAMS, Params, load_params, params_yaml
 from emogan.emotions import EMOTIONS
 from emogan.errors import EmoganError
+from emogan.progress import print_stage_header
 
 F = TypeVar("F", bound=Callable[..., Any])
 OutPath = click.Path(path_type=Path)
@@ -123,6 +124,7 @@ def search(ctx: click.Context) -> None:
 def crop(ctx: click.Context, raw: Path, out: Path, metrics: Path) -> None:
     """Crop every face MTCNN finds (crop.min_prob, crop.min_size) as a square with crop.margin."""
     cfg = _params(ctx).crop
+    print_stage_header("crop", metrics)
     from emogan.data.crop import crop_faces
 
     _report(crop_faces(cfg, raw, out, metrics))

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import csv
 import io
+import sys
+import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +23,7 @@ from emogan.data.images import read_rgb
 from emogan.data.landmarks import LANDMARKS, landmark_columns
 from emogan.emotions import EMOTIONS
 from emogan.errors import EmoganError
+from emogan.progress import progress_bar, stage_timing
 
 if TYPE_CHECKING:
     from emogan.data.detect import DetectedFace
@@ -142,6 +145,7 @@ def crop_faces(
     metrics_path: Path,
 ) -> dict:
     """Detect, filter and crop every face of data/raw; write crops + crops.csv + metrics."""
+    started = time.perf_counter()
     # Imported here, not at the top: the review tools import this module for read_crops, and
     # these load torch and MTCNN, seconds that the review server would wait at every start.
     from emogan.data.detect import detect_faces, load_detector
@@ -154,11 +158,12 @@ def crop_faces(
     )
     counts: Counter[str] = Counter()
     crops: list[Crop] = []
-    with atomic.atomic_path(Path(out_dir)) as work:
+    with (
+        atomic.atomic_path(Path(out_dir)) as work,
+        progress_bar(len(photos), "crop", "photo") as bar,
+    ):
         (work / "images").mkdir(parents=True)
-        for group in tqdm(
-            _batches(photos, cfg.batch_size), desc="crop", unit="batch", disable=None
-        ):
+        for group in _batches(photos, cfg.batch_size):
             pixels = [_read(Path(raw_dir) / photo.path, cfg.min_size, counts) for photo in group]
             readable = [(p, rgb) for p, rgb in zip(group, pixels, strict=True) if rgb is not None]
             found = detect_faces(detector, [rgb for _, rgb in readable], cfg.batch_size)
@@ -169,8 +174,9 @@ def crop_faces(
                     crop = Crop(crop_key, photo, face, frame)
                     Image.fromarray(cut_out(rgb, frame)).save(work / "images" / f"{crop_key}.png")
                     crops.append(crop)
+            bar.update(len(group))
         _write_csv(work / "crops.csv", crops)
-    metrics = _metrics(photos, crops, counts)
+    metrics = _metrics(photos, crops, counts) | stage_timing(started)
     atomic.write_json(Path(metrics_path), metrics)
     return metrics
 
@@ -207,7 +213,7 @@ def _read(path: Path, min_size: int, counts: Counter[str]) -> np.ndarray | None:
     try:
         rgb = read_rgb(path)
     except EmoganError as error:
-        tqdm.write(f"crop: skipped {error}")
+        tqdm.write(f"crop: skipped {error}", file=sys.stderr)  # stdout is the stage's report
         counts["unreadable_images"] += 1
         return None
     if min(rgb.shape[:2]) < min_size:
