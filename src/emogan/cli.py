@@ -241,6 +241,7 @@ def train(
     Resumes this configuration's checkpoint when there is one; SIGTERM stops after writing one.
     """
     params = _params(ctx)
+    print_stage_header("train", metrics)
     from emogan.stargan.train import train_stargan
 
     _report(train_stargan(params, data, out, checkpoints, metrics, loss_log))

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from emogan import atomic
 from emogan.config import Params, TrainConfig, params_yaml, project_root
@@ -29,6 +28,7 @@ from emogan.data.processed import Dataset, check_images, dataset_hash, load_spli
 from emogan.device import emulates_bf16
 from emogan.emotions import EMOTIONS
 from emogan.errors import EmoganError
+from emogan.progress import progress_bar, stage_timing
 from emogan.serving import REGISTERED_MODEL, model_description, model_input
 from emogan.stargan import distributed
 from emogan.stargan.checkpoint import (
@@ -249,6 +249,7 @@ def _train(
     metrics_path: Path,
     loss_log: Path,
 ) -> dict:
+    started = time.perf_counter()
     cfg = params.train
     config = resolved_config(params)
     root = project_root()
@@ -299,8 +300,7 @@ def _train(
         _write_loss_log(Path(loss_log), logged_losses(cfg), loss_rows)
 
     t0 = time.perf_counter()
-    hide_bar = None if world.is_main else True  # None: shown on a terminal only
-    bar = tqdm(total=cfg.num_iters, initial=start, desc="train", unit="it", disable=hide_bar)
+    bar = progress_bar(cfg.num_iters, "train", "it", initial=start, show=world.is_main)
     try:
         with _sigterm_flag() as stop:
             for i in range(start, cfg.num_iters):
@@ -316,9 +316,10 @@ def _train(
                     if world.is_main:
                         _append_loss_row(Path(loss_log), logged_losses(cfg), loss_rows[-1])
                     run.log_metrics(averages, step=done)
-                    bar.update(done - bar.n)
                     shown = [name for name in PROGRESS_LOSSES if name in averages]
-                    bar.set_postfix({name: f"{averages[name]:.3g}" for name in shown})
+                    postfix = {name: f"{averages[name]:.3g}" for name in shown}
+                    bar.set_postfix(postfix, refresh=False)  # drawn by the update, with its count
+                    bar.update(done - bar.n)
                 if world.is_main and done % cfg.sample_step == 0:
                     grid = translation_grid(nets.G, faces, face_labels)
                     _log_bytes(run, f"iter_{done}.png", encode_png(grid), "samples")
@@ -365,6 +366,7 @@ def _train(
     with atomic.atomic_path(Path(out_dir)) as work:
         work.mkdir()
         save_trained(work, nets.G, nets.D, config, run_info)
+    metrics |= stage_timing(started)
     atomic.write_json(Path(metrics_path), metrics)
     run.log_artifact(Path(loss_log))
     _log_bytes(run, "params.yaml", params_yaml(params).encode("utf-8"))  # every key
