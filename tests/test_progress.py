@@ -3,9 +3,13 @@
 import io
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import yaml
+from stargan_helpers import tiny_params, write_dataset
 from tqdm import tqdm
 
 from emogan import progress
@@ -110,3 +114,53 @@ def test_the_timing_names_this_machines_cpu_and_cores() -> None:
     assert set(timing) == {"wall_s", "machine"} and timing["wall_s"] > 0
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     assert timing["machine"].startswith(f"{progress._cpu_model()}, {cores} cores")
+
+
+def test_emogan_classifier_in_a_log_has_a_header_a_few_lines_and_then_its_last_duration(
+    tmp_path: Path,
+) -> None:
+    data = write_dataset(tmp_path / "data", train_per_emotion=8, test_per_emotion=2)
+    params = tiny_params(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    # More epochs than a log gets lines, so that the lines are seen to be bounded.
+    classifier = {"epochs": 3 * LOG_LINES, "batch_size": 16, "val_fraction": 0.25, "device": "cpu"}
+    params = params.model_copy(
+        update={"classifier": params.classifier.model_copy(update=classifier)}
+    )
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params.model_dump(mode="json")))
+    metrics = Path("metrics") / "classifier.json"
+    command = [
+        Path(sys.executable).with_name("emogan"), "classifier", "--data", data,
+        "--out", "model", "--metrics", metrics, "--confusion", "confusion.csv",
+    ]  # fmt: skip
+    env = {name: value for name, value in os.environ.items() if name != "RANK"}
+    # One thread: the tiny network gains nothing from more, and on a busy 2-core machine
+    # threads waiting for each other made a 5 s run take a minute and a half.
+    env["OMP_NUM_THREADS"] = "1"
+
+    def run() -> str:
+        done = subprocess.run(
+            command,
+            cwd=tmp_path,
+            env=env | {"DVC_ROOT": str(tmp_path)},
+            capture_output=True,  # stderr a pipe, as in CI or DVC's queue logs
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["epochs"] == 3 * LOG_LINES  # stdout is the report alone
+        return done.stderr
+
+    first = run()
+    assert first.splitlines()[0] == "emogan classifier: no previous run on this machine"
+    assert "\r" not in first
+    lines = _log_lines(first, "classifier")
+    assert 1 <= len(lines) <= LOG_LINES, first
+    assert lines[-1].startswith(f"classifier: 100% {3 * LOG_LINES}/{3 * LOG_LINES} epoch in ")
+    timing = json.loads((tmp_path / metrics).read_text())[STAGE_TIMING]
+    assert timing["machine"] == machine_identity()
+
+    second = run()
+    assert second.splitlines()[0] == (
+        f"emogan classifier: expect about {format_duration(timing['wall_s'])} "
+        "(the last run on this machine)"
+    )

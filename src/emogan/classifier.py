@@ -25,6 +25,7 @@ from emogan.config import ClassifierConfig, Params, project_root
 from emogan.data.processed import Dataset, check_images, dataset_hash, load_split
 from emogan.device import resolve_device
 from emogan.emotions import EMOTIONS
+from emogan.progress import STAGE_TIMING, progress_bar, stage_timing
 from emogan.tracking import TrainingRun, run_tags
 
 DEFAULT_WIDTH = ClassifierConfig().width
@@ -118,13 +119,16 @@ def fit_with_validation(
     model = build_classifier(train.images.size(1), cfg.width).to(device)
     curve: list[float] = []
     best_state = None
-    for _ in _training_epochs(model, train.images, train.labels, cfg, device):
-        if val is None:
-            continue
-        curve.append(accuracy(model, val.images, val.labels))
-        if curve[-1] > max(curve[:-1], default=-1.0):
-            # A copy in memory: the state dict's tensors are the live, still-training weights.
-            best_state = {name: value.clone() for name, value in model.state_dict().items()}
+    with progress_bar(cfg.epochs, "classifier", "epoch") as bar:
+        for _ in _training_epochs(model, train.images, train.labels, cfg, device):
+            if val is not None:
+                curve.append(accuracy(model, val.images, val.labels))
+                bar.set_postfix({"val_accuracy": f"{curve[-1]:.3f}"}, refresh=False)
+                if curve[-1] > max(curve[:-1], default=-1.0):
+                    # A copy in memory: the state dict's tensors are the live, still-training
+                    # weights.
+                    best_state = {name: value.clone() for name, value in model.state_dict().items()}
+            bar.update()
     if best_state is None:
         return Fit(model.eval(), cfg.epochs, None, curve)
     model.load_state_dict(best_state)
@@ -206,6 +210,7 @@ def train_classifier(
     only afterwards to score the result. Writes out_dir (classifier.pt, config.json), the
     scores to metrics_path and one `actual,predicted` row per test image to confusion_path;
     tracks it all in its own MLflow run. Returns the metrics."""
+    started = time.perf_counter()
     cfg = params.classifier
     device = resolve_device(cfg.device, "classifier.device")
     data_dir = Path(data_dir)
@@ -241,6 +246,7 @@ def train_classifier(
         "test_images": len(test.labels),
     }
     _write_outputs(fit.model, config | {"width": cfg.width}, Path(out_dir))
+    metrics |= stage_timing(started)
     atomic.write_json(Path(metrics_path), metrics)
     atomic.write_text(Path(confusion_path), confusion_csv(test.labels.cpu(), predicted))
     _log_run(run, fit, metrics, Path(confusion_path))
@@ -290,7 +296,9 @@ def _log_run(run: TrainingRun, fit: Fit, metrics: dict, confusion_path: Path) ->
     for epoch, val_accuracy in enumerate(fit.val_curve, start=1):
         run.log_metrics({"val_accuracy_curve": val_accuracy}, step=epoch)
     recall = {f"recall/{emotion}": value for emotion, value in metrics["recall"].items()}
-    scalars = {key: value for key, value in metrics.items() if key != "recall"} | recall
+    scalars = {
+        key: value for key, value in metrics.items() if key not in ("recall", STAGE_TIMING)
+    } | recall
     run.log_metrics({key: value for key, value in scalars.items() if value is not None}, step=0)
     run.log_artifact(confusion_path)
     run.end("FINISHED")

@@ -278,6 +278,7 @@ def classifier(ctx: click.Context, data: Path, out: Path, metrics: Path, confusi
     Tracked in its own MLflow run (mlflow).
     """
     params = _params(ctx)
+    print_stage_header("classifier", metrics)
     from emogan.classifier import train_classifier
 
     _report(train_classifier(params, data, out, metrics, confusion))
