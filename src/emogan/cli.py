@@ -315,6 +315,7 @@ def evaluate(
     judge, collapsed or copied translations) end the output, one line each.
     """
     params = _params(ctx)
+    print_stage_header("evaluate", metrics)
     from emogan.evaluate import evaluate_translations, warning_lines
 
     scores = evaluate_translations(params, model, classifier, data, metrics, summary, confusion)

@@ -24,6 +24,7 @@ says how their thresholds were chosen.
 
 import math
 import pickle
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -39,6 +40,7 @@ from emogan.data.processed import Dataset, check_images, load_split
 from emogan.device import resolve_device
 from emogan.emotions import EMOTIONS
 from emogan.errors import EmoganError
+from emogan.progress import STAGE_TIMING, progress_bar, stage_timing
 from emogan.serving import REGISTERED_MODEL, model_description
 from emogan.stargan.trained import CONFIG_FILE, load_generator, training_run_id
 from emogan.tracking import TrainingRun
@@ -93,34 +95,36 @@ def translate_test_set(
     on_changed, when given, sees every batch of translations whose target is not the face's own
     emotion (the images themselves are not kept)."""
     parts: dict[str, list[torch.Tensor]] = {field.name: [] for field in fields(Translations)}
-    for faces, labels, sources in zip(
-        test.images.split(batch_size),
-        test.labels.split(batch_size),
-        test.sources.split(batch_size),
-        strict=True,
-    ):
-        all_fakes = []
-        for target in range(C_DIM):
-            targets = torch.full_like(labels, target)
-            fakes = G(faces, F.one_hot(targets, C_DIM).float())
-            all_fakes.append(fakes.flatten(1))
-            back = G(fakes, F.one_hot(labels, C_DIM).float())
-            features, logits = embed(judge, fakes)
-            changed = labels != target
-            if on_changed is not None and changed.any():
-                on_changed(fakes[changed])
-            for name, value in (
-                ("label", labels),
-                ("source", sources),
-                ("target", targets),
-                ("predicted", logits.argmax(1)),
-                ("keep_l1", (fakes - faces).abs().mean((1, 2, 3))),
-                ("cycle_l1", (back - faces).abs().mean((1, 2, 3))),
-                ("features", features),
-            ):
-                parts[name].append(value.cpu())
-        distinct = distinctness(torch.stack(all_fakes, 1)).cpu()
-        parts["distinctness"] += [distinct] * C_DIM  # one entry per target, as the others
+    with progress_bar(len(test.labels) * C_DIM, "evaluate", "translation") as bar:
+        for faces, labels, sources in zip(
+            test.images.split(batch_size),
+            test.labels.split(batch_size),
+            test.sources.split(batch_size),
+            strict=True,
+        ):
+            all_fakes = []
+            for target in range(C_DIM):
+                targets = torch.full_like(labels, target)
+                fakes = G(faces, F.one_hot(targets, C_DIM).float())
+                all_fakes.append(fakes.flatten(1))
+                back = G(fakes, F.one_hot(labels, C_DIM).float())
+                features, logits = embed(judge, fakes)
+                changed = labels != target
+                if on_changed is not None and changed.any():
+                    on_changed(fakes[changed])
+                for name, value in (
+                    ("label", labels),
+                    ("source", sources),
+                    ("target", targets),
+                    ("predicted", logits.argmax(1)),
+                    ("keep_l1", (fakes - faces).abs().mean((1, 2, 3))),
+                    ("cycle_l1", (back - faces).abs().mean((1, 2, 3))),
+                    ("features", features),
+                ):
+                    parts[name].append(value.cpu())
+                bar.update(len(faces))
+            distinct = distinctness(torch.stack(all_fakes, 1)).cpu()
+            parts["distinctness"] += [distinct] * C_DIM  # one entry per target, as the others
     return Translations(**{name: torch.cat(values) for name, values in parts.items()})
 
 
@@ -269,6 +273,7 @@ def evaluate_translations(
     """The evaluate stage: writes metrics_path, its headline to summary_path and one
     `target,predicted` row per translation to confusion_path, and logs the metrics (eval/...)
     and the confusion rows to the training's MLflow run. Returns the metrics."""
+    started = time.perf_counter()
     cfg = params.evaluate
     device = resolve_device(cfg.device, "evaluate.device")
     model_dir, data_dir = Path(model_dir), Path(data_dir)
@@ -290,6 +295,7 @@ def evaluate_translations(
     )
     if inception is not None:
         metrics["overall"]["fid_inception"] = round(inception.compute(), 4)
+    metrics |= stage_timing(started)
     atomic.write_json(Path(metrics_path), metrics)
     atomic.write_json(Path(summary_path), headline_scores(metrics, len(train.labels)))
     atomic.write_text(
@@ -373,8 +379,10 @@ def _log_to_training_run(
 
 def mlflow_metrics(metrics: dict) -> dict[str, float]:
     """eval.json as MLflow metrics: eval/<scope>/<name>, eval/<scope>/target_accuracy/<emotion>;
-    flags and empty values left out (flags are tags)."""
-    flat = {f"eval/{key}": value for key, value in metrics.items() if key not in SCOPES}
+    flags, empty values and the stage's timing left out (flags are tags)."""
+    flat = {
+        f"eval/{key}": value for key, value in metrics.items() if key not in (*SCOPES, STAGE_TIMING)
+    }
     for scope in SCOPES:
         for key, value in metrics[scope].items():
             if key == "per_target":
