@@ -394,15 +394,17 @@ def sbatch_env(project: Path, tmp_path: Path, path: str, **extra: str) -> dict[s
 
 
 def experiments(project: Path) -> dict[str, dict]:
-    """`dvc exp show --json`: each experiment's name -> its params and metrics."""
+    """Each experiment of `dvc exp show --json` -> its params, and its metrics/train.json as
+    its commit holds it (an out in git, not one of `dvc exp show`'s metrics)."""
     shown = json.loads(run(["dvc", "exp", "show", "--json"], project).stdout)
     found = {}
     for commit in shown:
         for experiment in commit.get("experiments") or []:
-            data = experiment["revs"][0]["data"]
+            revision = experiment["revs"][0]
+            trained = run(["git", "show", f"{revision['rev']}:metrics/train.json"], project)
             found[experiment["name"]] = {
-                "params": data["params"]["params.yaml"]["data"],
-                "metrics": data["metrics"]["metrics/train.json"]["data"],
+                "params": revision["data"]["params"]["params.yaml"]["data"],
+                "metrics": json.loads(trained.stdout),
             }
     return found
 
