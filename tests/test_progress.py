@@ -109,6 +109,21 @@ def test_the_header_quotes_only_a_duration_timed_on_this_machine(tmp_path: Path)
     )
 
 
+def test_the_header_reads_the_committed_metrics_when_dvc_has_removed_them(tmp_path: Path) -> None:
+    # `dvc repro` deletes a stage's outs, its metrics file included, before running it.
+    metrics = tmp_path / "metrics" / "train.json"
+    metrics.parent.mkdir()
+    here = {"wall_s": 782.8, "machine": machine_identity()}
+    metrics.write_text(json.dumps({STAGE_TIMING: here}))
+    git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t.invalid"]
+    for command in (["init", "-q"], ["add", "metrics"], ["commit", "-qm", "a run"]):
+        subprocess.run([*git, *command], check=True)
+    metrics.unlink()
+    assert stage_header("train", metrics) == (
+        "emogan train: expect about 13m 03s (the last run on this machine)"
+    )
+
+
 def test_the_timing_names_this_machines_cpu_and_cores() -> None:
     timing = stage_timing(0.0)[STAGE_TIMING]
     assert set(timing) == {"wall_s", "machine"} and timing["wall_s"] > 0

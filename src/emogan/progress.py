@@ -115,11 +115,31 @@ def print_stage_header(stage: str, metrics_path: Path) -> None:
         print(stage_header(stage, metrics_path), file=sys.stderr, flush=True)
 
 
-def _recorded_timing(metrics_path: Path) -> tuple[float, str] | None:
+def _last_metrics_text(metrics_path: Path) -> str | None:
+    """metrics_path as the last run left it: `dvc repro` deletes a stage's outs before running
+    it, metrics files included, so then the committed copy is the last run's."""
     try:
-        metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None  # the first run, or a file the stage will rewrite anyway
+        return metrics_path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        pass
+    except OSError:
+        return None
+    if not metrics_path.parent.is_dir():
+        return None
+    committed = subprocess.run(
+        ["git", "-C", str(metrics_path.parent), "show", f"HEAD:./{metrics_path.name}"],
+        capture_output=True,
+        text=True,
+    )
+    return committed.stdout if committed.returncode == 0 else None
+
+
+def _recorded_timing(metrics_path: Path) -> tuple[float, str] | None:
+    text = _last_metrics_text(metrics_path)
+    try:
+        metrics = json.loads(text) if text is not None else None
+    except ValueError:
+        return None  # a file the stage will rewrite anyway
     timing = metrics.get(STAGE_TIMING) if isinstance(metrics, dict) else None
     if not isinstance(timing, dict):
         return None
