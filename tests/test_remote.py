@@ -147,6 +147,9 @@ def test_actionlint_reports_mistakes_in_a_broken_copy(tmp_path: Path) -> None:
     [
         ("layers=3,4,5", "", "layers=3,4,5", "true"),
         ("", "layers=4 train.num_iters=200000", "layers=4 train.num_iters=200000", "false"),
+        # `+` adds a key that params.yaml leaves at its default
+        ("", "+train.n_critic=5 params.yaml:+demo.seed=1",
+         "+train.n_critic=5 params.yaml:+demo.seed=1", "false"),
         ("train.g_lr=range(1,3)", "params.yaml:seed=1", "train.g_lr=range(1,3) params.yaml:seed=1",
          "true"),
         ("", "", "", "false"),
