@@ -11,6 +11,8 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
+from emogan.tracking import flatten_params
+
 ROOT = Path(__file__).resolve().parents[1]
 SMALL_DEMO = {
     "photos_per_emotion": 2,
@@ -70,17 +72,6 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return dest
 
 
-def flat_keys(tree: dict, prefix: str = "") -> set[str]:
-    """The names `dvc exp show` gives a params or metrics file's values."""
-    keys = set()
-    for name, value in tree.items():
-        if isinstance(value, dict):
-            keys |= flat_keys(value, f"{prefix}{name}.")
-        else:
-            keys.add(prefix + name)
-    return keys
-
-
 def data_dependencies(project: Path) -> set[str]:
     """The deps of dvc.yaml's stages, ${...} resolved: `dvc exp show` shows each one's hash."""
     params = yaml.safe_load((project / "params.yaml").read_text())
@@ -98,8 +89,8 @@ def test_dvc_exp_show_fits_about_one_terminal_width() -> None:
     # The demo's own table: Experiment, Created, params.yaml's keys, summary.json's, the deps.
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     summary = json.loads((ROOT / "metrics/summary.json").read_text())
-    columns = 2 + len(flat_keys(params)) + len(flat_keys(summary)) + len(data_dependencies(ROOT))
-    assert columns <= 35
+    named = len(flatten_params(params)) + len(flatten_params(summary))
+    assert 2 + named + len(data_dependencies(ROOT)) <= 35
 
 
 def _metrics(project: Path, name: str) -> dict:
@@ -175,9 +166,8 @@ def test_exp_run_overrides_a_param_and_records_an_experiment(project: Path) -> N
     columns = [name for name in table[0].split(",") if name not in ("rev", "typ", "parent")]
     params = yaml.safe_load((project / "params.yaml").read_text())
     assert params["demo"]["seed"] == 1  # the experiment's params, applied to the workspace
-    assert set(columns) == {"Experiment", "Created"} | flat_keys(params) | flat_keys(summary) | (
-        data_dependencies(project)
-    )
+    named = flatten_params(params) | flatten_params(summary)
+    assert set(columns) == {"Experiment", "Created"} | set(named) | data_dependencies(project)
 
     # Each training is its own MLflow run in the project's store, with its samples and model.
     store = f"sqlite:///{project / 'mlflow.db'}"
