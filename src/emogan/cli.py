@@ -130,13 +130,42 @@ def crop(ctx: click.Context, raw: Path, out: Path, metrics: Path) -> None:
     _report(crop_faces(cfg, raw, out, metrics))
 
 
+@cli.command("crop-judge")
+@path_option("--crops", "The crop stage's output folder.")
+@path_option("--out", "The scores CSV: per crop the judge's probability of each emotion.")
+@path_option("--metrics", "The judge's FER2013 test accuracy, crops scored, timing.")
+@click.pass_context
+def crop_judge(ctx: click.Context, crops: Path, out: Path, metrics: Path) -> None:
+    """Score every crop with a classifier trained on FER2013 alone (fer2013, crop_judge).
+
+    The review tool's suspect order puts first the crops whose folder emotion it finds least
+    likely: the likeliest mislabels.
+    """
+    params = _params(ctx)
+    print_stage_header("crop_judge", metrics)
+    from emogan.crop_judge import judge_crops
+
+    _report(judge_crops(params, crops, out, metrics))
+
+
 @cli.command("simulate-review")
 @path_option("--demo", "The demo world, whose ground_truth.csv decides.")
 @path_option("--raw", "The collect stage's output folder.")
 @path_option("--crops", "The crop stage's output folder.")
+@path_option(
+    "--scores",
+    "The crop_judge stage's scores, whose suspect order it measures (dvc.yaml passes them).",
+    required=False,
+)
 @path_option("--out", "The decisions CSV to write (the demo's review.decisions).")
-@path_option("--metrics", "Decisions per action and the crop stage's face recall.")
-def simulate_review(demo: Path, raw: Path, crops: Path, out: Path, metrics: Path) -> None:
+@path_option(
+    "--metrics",
+    "Decisions per action, the crop stage's face recall, and the share of the mislabels that"
+    " the suspect and the confidence order show early.",
+)
+def simulate_review(
+    demo: Path, raw: Path, crops: Path, scores: Path | None, out: Path, metrics: Path
+) -> None:
     """Decide every crop of a demo photo as a careful human would, from the demo's ground truth.
 
     Drops crops without a drawn face, relabels background faces. --out is its own file, never
@@ -144,7 +173,7 @@ def simulate_review(demo: Path, raw: Path, crops: Path, out: Path, metrics: Path
     """
     from emogan.data.simulated_review import simulate_review as simulate
 
-    _report(simulate(demo, raw, crops, out, metrics))
+    _report(simulate(demo, raw, crops, scores, out, metrics))
 
 
 @cli.group(invoke_without_command=True)
@@ -173,6 +202,11 @@ def review(ctx: click.Context, crops: Path | None, out: Path | None, metrics: Pa
     "The collect stage's output folder (source photos shown for context).",
     default="data/raw",
 )
+@path_option(
+    "--scores",
+    "The crop_judge stage's scores, for the suspect order (confidence order without them).",
+    default="data/interim/crop_scores.csv",
+)
 @click.option(
     "--host",
     default="127.0.0.1",
@@ -187,17 +221,29 @@ def serve(
     ctx: click.Context,
     crops: Path,
     raw: Path,
+    scores: Path,
     host: str,
     port: int,
     no_browser: bool,
     reviewer: str | None,
 ) -> None:
-    """Review crops in the browser; every key press is saved to review.decisions at once."""
+    """Review crops in the browser; every key press is saved to review.decisions at once.
+
+    With --scores, each folder shows first the crops the crop judge doubts (the suspect order),
+    each with the judge's guess, which `a` accepts.
+    """
     cfg = _params(ctx).review
     from emogan.review_app.server import serve_review
 
     serve_review(
-        cfg, crops, raw, host=host, port=port, open_browser=not no_browser, reviewer=reviewer
+        cfg,
+        crops,
+        raw,
+        host=host,
+        port=port,
+        open_browser=not no_browser,
+        reviewer=reviewer,
+        scores_path=scores,
     )
 
 
