@@ -8,9 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from click.testing import CliRunner
 from PIL import Image
 
 import emogan.crop_judge
+from emogan.cli import cli
 from emogan.config import DemoConfig, load_params
 from emogan.crop_judge import judge_crops
 from emogan.data.crop import COLUMNS as CROP_COLUMNS
@@ -19,6 +21,7 @@ from emogan.data.crop_scores import COLUMNS, CropScore, read_crop_scores, write_
 from emogan.data.demo import make_demo
 from emogan.data.fer2013 import read_fer2013
 from emogan.data.merge import fer2013_samples
+from emogan.data.review import ReviewDecision, write_decisions
 from emogan.data.review_queue import confidence_order, found_early, suspect_order
 from emogan.emotions import EMOTIONS
 from emogan.errors import EmoganError
@@ -100,6 +103,20 @@ def test_the_suspect_order_puts_the_planted_mislabel_first(world: Path, judged: 
     assert happy[0] == PLANTED
     assert scores[PLANTED].guess == "sad"  # the hint the review tool shows
     assert found_early(suspect_order(crops, scores), {PLANTED}) == 1.0
+
+
+def test_bench_review_queue_measures_both_orders_against_the_relabels(
+    world: Path, judged: dict, tmp_path: Path
+) -> None:
+    decisions = tmp_path / "decisions.csv"
+    when = "2026-01-01T00:00:00+00:00"
+    write_decisions(decisions, [ReviewDecision(PLANTED, "relabel", "sad", "simulated", when)])
+    args = ["bench", "review-queue", "--crops", str(world / "crops"),
+            "--scores", str(world / "crop_scores.csv"), "--decisions", str(decisions)]  # fmt: skip
+    result = CliRunner().invoke(cli, args, catch_exceptions=False)
+    report = json.loads(result.output)
+    assert report == {"crops": judged["crops_scored"], "mislabelled": 1, "early_share": 0.2,
+                      "suspect_found_early": 1.0, "confidence_found_early": 0.0}  # fmt: skip
 
 
 def test_the_judge_trains_on_merges_fer2013_train_faces_alone(

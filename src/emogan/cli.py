@@ -152,20 +152,9 @@ def crop_judge(ctx: click.Context, crops: Path, out: Path, metrics: Path) -> Non
 @path_option("--demo", "The demo world, whose ground_truth.csv decides.")
 @path_option("--raw", "The collect stage's output folder.")
 @path_option("--crops", "The crop stage's output folder.")
-@path_option(
-    "--scores",
-    "The crop_judge stage's scores, whose suspect order it measures (dvc.yaml passes them).",
-    required=False,
-)
 @path_option("--out", "The decisions CSV to write (the demo's review.decisions).")
-@path_option(
-    "--metrics",
-    "Decisions per action, the crop stage's face recall, and the share of the mislabels that"
-    " the suspect and the confidence order show early.",
-)
-def simulate_review(
-    demo: Path, raw: Path, crops: Path, scores: Path | None, out: Path, metrics: Path
-) -> None:
+@path_option("--metrics", "Decisions per action and the crop stage's face recall.")
+def simulate_review(demo: Path, raw: Path, crops: Path, out: Path, metrics: Path) -> None:
     """Decide every crop of a demo photo as a careful human would, from the demo's ground truth.
 
     Drops crops without a drawn face, relabels background faces. --out is its own file, never
@@ -173,7 +162,7 @@ def simulate_review(
     """
     from emogan.data.simulated_review import simulate_review as simulate
 
-    _report(simulate(demo, raw, crops, scores, out, metrics))
+    _report(simulate(demo, raw, crops, out, metrics))
 
 
 @cli.group(invoke_without_command=True)
@@ -495,6 +484,27 @@ def bench_learning(
     from emogan.bench.learning import bench_learning as run_bench
 
     _report(run_bench(params, data, iterations, every, grids))
+
+
+@bench.command("review-queue")
+@path_option("--crops", "The crop stage's output folder.", default="data/interim/crops")
+@path_option("--scores", "The crop_judge stage's scores.", default="data/interim/crop_scores.csv")
+@path_option(
+    "--decisions",
+    "Decisions whose relabels are the mislabels  [default: review.decisions, the demo's"
+    " simulated reviewer's]",
+    required=False,
+)
+@click.pass_context
+def bench_review_queue(
+    ctx: click.Context, crops: Path, scores: Path, decisions: Path | None
+) -> None:
+    """The share of the relabelled crops within the first 20% of each folder, in the review
+    tool's suspect order and in its confidence order."""
+    decisions = decisions or _params(ctx).review.decisions
+    from emogan.bench.review_queue import bench_review_queue as run_bench
+
+    _report(run_bench(crops, scores, decisions))
 
 
 @bench.command("template")

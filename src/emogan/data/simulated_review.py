@@ -4,10 +4,6 @@ A human reviewer looks at crops, so the simulation runs after the crop stage (cr
 only then): a crop that covers no drawn face is dropped, a face whose own emotion differs from
 its photo's folder (a face in the background) is relabelled, the rest are kept. Crops of photos
 that are not part of the demo world get no decision.
-
-Knowing which crops are mislabelled, it also measures the review tool's orders: how many of the
-mislabels a reviewer meets within the first fifth of each folder, in the suspect order (from the
-crop judge's scores) and in the confidence order.
 """
 
 import csv
@@ -17,9 +13,7 @@ from pathlib import Path
 
 from emogan import atomic
 from emogan.data.crop import CropRecord, read_crops
-from emogan.data.crop_scores import read_crop_scores
 from emogan.data.review import ReviewDecision, write_decisions
-from emogan.data.review_queue import EARLY_SHARE, confidence_order, found_early, suspect_order
 
 REVIEWER = "simulated"
 DECIDED_AT = "2026-01-01T00:00:00+00:00"  # fixed, so the stage's output is deterministic
@@ -46,22 +40,14 @@ def best_match(box: Box, truths: Sequence[Box], min_iou: float = MIN_IOU) -> int
 
 
 def simulate_review(
-    demo_dir: Path,
-    raw_dir: Path,
-    crops_dir: Path,
-    scores_path: Path | None,
-    out_path: Path,
-    metrics_path: Path,
+    demo_dir: Path, raw_dir: Path, crops_dir: Path, out_path: Path, metrics_path: Path
 ) -> dict:
     """Write the simulated reviewer's decisions; its metrics include the crop stage's recall of
-    the drawn faces, the demo's check that MTCNN finds them, and the review orders' measure (the
-    suspect order's null without scores_path)."""
+    the drawn faces, the demo's check that MTCNN finds them."""
     truths_by_photo = _ground_truth(Path(demo_dir) / "ground_truth.csv")
     photo_of_sha = _demo_photos(Path(raw_dir) / "manifest.csv", set(truths_by_photo))
-    crops = read_crops(crops_dir)
-    scores = read_crop_scores(scores_path, crops) if scores_path is not None else None
     decisions, found = [], set()
-    for crop in crops:
+    for crop in read_crops(crops_dir):
         photo = photo_of_sha.get(crop.source_sha256)
         if photo is None:
             continue
@@ -71,20 +57,12 @@ def simulate_review(
             found.add((photo, match))
     write_decisions(Path(out_path), decisions)
     counts = Counter(d.action for d in decisions)
-    mislabelled = {d.crop_id for d in decisions if d.action == "relabel"}
     drawn = sum(len(truths_by_photo[photo]) for photo in set(photo_of_sha.values()))
     metrics = {
         **{action: counts[action] for action in ("keep", "drop", "relabel")},
         "faces_drawn": drawn,
         "faces_found": len(found),
         "recall": round(len(found) / drawn, 4) if drawn else 0.0,
-        # the share of the relabelled crops within the first fifth of each folder's queue
-        f"mislabels_in_first_{round(100 * EARLY_SHARE)}pct": {
-            "suspect": found_early(suspect_order(crops, scores), mislabelled)
-            if scores is not None
-            else None,
-            "confidence": found_early(confidence_order(crops), mislabelled),
-        },
     }
     atomic.write_json(Path(metrics_path), metrics)
     return metrics
