@@ -583,7 +583,10 @@ def test_the_suspect_order_shows_the_doubted_crop_first_and_a_key_accepts_its_hi
                 (c for c in read_crops(world.crops_dir) if c.emotion == "happy"),
                 key=lambda c: c.prob,
             )
-            assert _shown_ids(page) == [c.crop_id for c in confidence]
+            shown = [c.crop_id for c in confidence]
+            assert _shown_ids(page) == shown
+            page.keyboard.press("ArrowRight")  # keys move in the grid, not in the order menu
+            assert _selected_id(page) == shown[shown.index(happy[1].crop_id) + 1]
             assert errors == []
             browser.close()
     finally:

@@ -455,6 +455,7 @@ document.addEventListener("keydown", (event) => {
 document.addEventListener("click", (event) => event.target.closest("button, input")?.blur());
 ui.filter.addEventListener("change", applyFilter);
 ui.order.addEventListener("change", () => {
+  ui.order.blur(); // the keys are for the crops again
   applyOrder();
   applyFilter();
 });
