@@ -117,6 +117,9 @@ def test_bench_review_queue_measures_both_orders_against_the_relabels(
     report = json.loads(result.output)
     assert report == {"crops": judged["crops_scored"], "mislabelled": 1, "early_share": 0.2,
                       "suspect_found_early": 1.0, "confidence_found_early": 0.0}  # fmt: skip
+    write_decisions(decisions, [ReviewDecision(PLANTED, "keep", "", "simulated", when)])
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 1 and "relabels none of the crops" in str(result.exception)
 
 
 def test_the_judge_trains_on_merges_fer2013_train_faces_alone(

@@ -12,6 +12,7 @@ from emogan.data.crop import read_crops
 from emogan.data.crop_scores import read_crop_scores
 from emogan.data.review import read_decisions
 from emogan.data.review_queue import EARLY_SHARE, confidence_order, found_early, suspect_order
+from emogan.errors import EmoganError
 
 
 def bench_review_queue(crops_dir: Path, scores_path: Path, decisions_path: Path) -> dict:
@@ -23,6 +24,11 @@ def bench_review_queue(crops_dir: Path, scores_path: Path, decisions_path: Path)
         for crop in crops
         if crop.crop_id in decisions and decisions[crop.crop_id].action == "relabel"
     }
+    if not mislabelled:
+        raise EmoganError(
+            f"{decisions_path}: relabels none of the crops, so there is nothing to find (run the"
+            " simulate_review stage, or finish a review first)"
+        )
     return {
         "crops": len(crops),
         "mislabelled": len(mislabelled),
