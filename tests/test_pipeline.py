@@ -65,6 +65,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     params["train"].update(SMALL_TRAIN)
     params["sample"]["rows"] = 2
     params["classifier"]["epochs"] = 2
+    params["crop_judge"]["epochs"] = 2
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     _run(["git", "init", "-q"], dest)
     _run(["git", "add", "-A"], dest)

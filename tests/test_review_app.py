@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import http.client
@@ -26,6 +27,8 @@ from PIL import Image
 
 from emogan.config import ReviewConfig
 from emogan.data.crop import COLUMNS as CROP_COLUMNS
+from emogan.data.crop import read_crops
+from emogan.data.crop_scores import CropScore, read_crop_scores, write_crop_scores
 from emogan.data.review import ReviewDecision, read_decisions
 from emogan.emotions import EMOTIONS
 from emogan.review_app.server import create_server
@@ -36,7 +39,8 @@ SERVE = (
     "import sys; from pathlib import Path; from emogan.config import ReviewConfig; "
     "from emogan.review_app import serve_review; "
     "serve_review(ReviewConfig(decisions=Path(sys.argv[1])), Path(sys.argv[2]), Path(sys.argv[3]),"
-    " port=int(sys.argv[4]), open_browser=False, reviewer='tester')"
+    " port=int(sys.argv[4]), open_browser=False, reviewer='tester',"
+    " scores_path=Path(sys.argv[5]) if sys.argv[5:] else None)"
 )
 
 
@@ -152,17 +156,47 @@ def world(tmp_path: Path) -> World:
     return World(crops_dir, raw_dir, tmp_path / "review" / "decisions.csv", [r[0] for r in rows])
 
 
+def _write_scores(world: World, path: Path) -> dict[str, CropScore]:
+    """A crop judge's scores for the world's crops: random, the doubted ones guessed as the
+    emotion three folders on, as the world's background faces show."""
+    rng = np.random.default_rng(3)
+    crops = read_crops(world.crops_dir)
+    scores = []
+    for crop in crops:
+        folder_prob = float(rng.uniform(0.01, 0.99))
+        other = EMOTIONS[(EMOTIONS.index(crop.emotion) + 3) % 7]
+        guess_prob = 1 - folder_prob if folder_prob < 0.5 else (1 - folder_prob) / 2
+        rest = (1 - folder_prob - guess_prob) / 5
+        probs = {e: rest for e in EMOTIONS} | {crop.emotion: folder_prob, other: guess_prob}
+        scores.append(CropScore(crop.crop_id, crop.emotion, tuple(probs.values())))
+    write_crop_scores(path, scores)
+    return read_crop_scores(path, crops)  # as the server reads them: rounded
+
+
 # ---- HTTP, in-process
 
 
-@pytest.fixture
-def base_url(world: World) -> Iterator[str]:
-    server = create_server(world.cfg, world.crops_dir, world.raw_dir, port=0, reviewer="tester")
+@contextlib.contextmanager
+def _serving(world: World, scores_path: Path | None = None) -> Iterator[str]:
+    server = create_server(
+        world.cfg,
+        world.crops_dir,
+        world.raw_dir,
+        port=0,
+        reviewer="tester",
+        scores_path=scores_path,
+    )
     thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_port}"
     server.shutdown()
     server.server_close()
+
+
+@pytest.fixture
+def base_url(world: World) -> Iterator[str]:
+    with _serving(world) as url:
+        yield url
 
 
 def _request(
@@ -210,6 +244,43 @@ def test_state_lists_every_crop_by_folder_least_certain_first(world: World, base
         "by_emotion": {e: {"reviewed": 0, "total": 8 if e == "neutral" else 6} for e in EMOTIONS},
     }
     assert all(c["decision"] is None and c["effective_emotion"] == c["emotion"] for c in crops)
+
+
+def test_with_scores_the_suspect_order_is_the_default_and_every_crop_has_a_hint(
+    world: World, tmp_path: Path
+) -> None:
+    scores = _write_scores(world, tmp_path / "crop_scores.csv")
+    with _serving(world, tmp_path / "crop_scores.csv") as url:
+        state = _state(url)
+    assert list(state["orders"]) == ["suspect", "confidence"]  # the first is the default
+    assert state["suspect_unavailable"] is None
+    suspect = state["orders"]["suspect"]
+    order = [(EMOTIONS.index(scores[i].emotion), scores[i].folder_prob) for i in suspect]
+    assert order == sorted(order) and sorted(suspect) == sorted(world.crop_ids)
+    assert state["orders"]["confidence"] == [crop["id"] for crop in state["crops"]]
+    hints = {crop["id"]: crop["hint"] for crop in state["crops"]}
+    assert hints == {i: {"emotion": s.guess, "prob": s.guess_prob} for i, s in scores.items()}
+    assert not world.decisions.exists()  # a hint is only shown
+
+
+def test_without_scores_the_confidence_order_stays_and_says_why(
+    world: World, tmp_path: Path
+) -> None:
+    missing = tmp_path / "crop_scores.csv"
+    with _serving(world, missing) as url:
+        state = _state(url)
+    assert state["orders"]["suspect"] is None and state["orders"]["confidence"]
+    assert state["suspect_unavailable"] == f"{missing}: not found (run the crop_judge stage)"
+    assert all(crop["hint"] is None for crop in state["crops"])
+    stale = _write_scores(world, missing)
+    write_crop_scores(missing, [*stale.values()][1:])  # a crop the judge has not seen
+    with _serving(world, missing) as url:
+        state = _state(url)
+    assert state["orders"]["suspect"] is None
+    assert state["suspect_unavailable"] == (
+        f"{missing}: scores other crops than crops.csv (1 unscored, 0 not in crops.csv, e.g. "
+        f"{world.crop_ids[0]} unscored); rerun the crop_judge stage"
+    )
 
 
 def test_pages_crops_and_photos_are_served(world: World, base_url: str) -> None:
@@ -382,8 +453,8 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _start_server(world: World, port: int) -> subprocess.Popen:
-    args = [world.decisions, world.crops_dir, world.raw_dir, port]
+def _start_server(world: World, port: int, scores: Path | None = None) -> subprocess.Popen:
+    args = [world.decisions, world.crops_dir, world.raw_dir, port, *([scores] if scores else [])]
     server = subprocess.Popen(
         [sys.executable, "-c", SERVE, *map(str, args)], stdout=subprocess.PIPE, text=True
     )
@@ -416,6 +487,9 @@ def test_decisions_made_with_keys_survive_a_killed_server(world: World, chromium
             page.on("pageerror", lambda error: errors.append(str(error)))
             page.goto(f"http://127.0.0.1:{port}/#happy")
             expect(page.locator("#progress")).to_have_text(f"reviewed 0 / {len(world.crop_ids)}")
+            expect(page.locator("#order-note")).to_have_text(
+                "no suspect order: no crop scores given"
+            )
 
             relabelled = _selected_id(page)  # the first tile: the least certain happy crop
             page.keyboard.press("5")  # sad
@@ -460,3 +534,65 @@ def test_decisions_made_with_keys_survive_a_killed_server(world: World, chromium
         dropped: ("drop", "", "tester"),
     }
     assert server.returncode == 0 and stopped == "review tool: stopped\n"
+
+
+def _shown_ids(page) -> list[str]:
+    return page.locator(".grid:not([hidden]) .tile").evaluate_all(
+        "tiles => tiles.map(tile => tile.dataset.cropId)"
+    )
+
+
+def test_the_suspect_order_shows_the_doubted_crop_first_and_a_key_accepts_its_hint(
+    world: World, chromium: str, tmp_path: Path
+) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    scores = _write_scores(world, tmp_path / "crop_scores.csv")
+    happy = sorted(
+        (s for s in scores.values() if s.emotion == "happy"), key=lambda s: s.folder_prob
+    )
+    doubted = happy[0]
+    assert doubted.guess != "happy"
+    port = _free_port()
+    server = _start_server(world, port, tmp_path / "crop_scores.csv")
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            errors: list[str] = []
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            page.goto(f"http://127.0.0.1:{port}/#happy")
+            expect(page.locator("#progress")).to_have_text(f"reviewed 0 / {len(world.crop_ids)}")
+            expect(page.locator("#order")).to_have_value("suspect")
+            expect(page.locator("#order-note")).to_be_hidden()
+            assert _shown_ids(page) == [s.crop_id for s in happy]
+            assert _selected_id(page) == doubted.crop_id  # the least likely happy face
+            hint = f"judge: {doubted.guess} {doubted.guess_prob:.2f}"
+            expect(_tile(page, doubted.crop_id).locator(".hint")).to_have_text(hint)
+            assert not world.decisions.exists()  # shown, not recorded
+            page.screenshot(path=SCREENSHOTS / "suspect.png")
+
+            page.keyboard.press("a")
+            expect(_tile(page, doubted.crop_id).locator(".verdict")).to_have_text(
+                f"→ {doubted.guess}"
+            )
+            assert _selected_id(page) == happy[1].crop_id  # on to the next suspect
+
+            page.select_option("#order", "confidence")
+            confidence = sorted(
+                (c for c in read_crops(world.crops_dir) if c.emotion == "happy"),
+                key=lambda c: c.prob,
+            )
+            shown = [c.crop_id for c in confidence]
+            assert _shown_ids(page) == shown
+            page.keyboard.press("ArrowRight")  # keys move in the grid, not in the order menu
+            assert _selected_id(page) == shown[shown.index(happy[1].crop_id) + 1]
+            assert errors == []
+            browser.close()
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.communicate(timeout=10)
+    decisions = read_decisions(world.decisions)
+    assert {crop_id: (d.action, d.label, d.reviewer) for crop_id, d in decisions.items()} == {
+        doubted.crop_id: ("relabel", doubted.guess, "tester")
+    }

@@ -78,12 +78,17 @@ def build_classifier(channels: int, width: int = DEFAULT_WIDTH) -> nn.Module:
 
 
 @torch.no_grad()
-def classify(model: nn.Module, images: torch.Tensor, batch: int = 256) -> torch.Tensor:
-    """The predicted label of every image (on the CPU), computed in batches on the model's
-    device; puts the model in eval mode."""
+def probabilities(model: nn.Module, images: torch.Tensor, batch: int = 256) -> torch.Tensor:
+    """Every image's probability of each emotion (N x 7, on the CPU), computed in batches on
+    the model's device; puts the model in eval mode."""
     device = next(model.parameters()).device
     model.eval()
-    return torch.cat([model(x.to(device)).argmax(1) for x in images.split(batch)]).cpu()
+    return torch.cat([model(x.to(device)).softmax(1) for x in images.split(batch)]).cpu()
+
+
+def classify(model: nn.Module, images: torch.Tensor, batch: int = 256) -> torch.Tensor:
+    """The predicted label of every image (on the CPU); puts the model in eval mode."""
+    return probabilities(model, images, batch).argmax(1)
 
 
 def embed(model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -130,6 +130,24 @@ def crop(ctx: click.Context, raw: Path, out: Path, metrics: Path) -> None:
     _report(crop_faces(cfg, raw, out, metrics))
 
 
+@cli.command("crop-judge")
+@path_option("--crops", "The crop stage's output folder.")
+@path_option("--out", "The scores CSV: per crop the judge's probability of each emotion.")
+@path_option("--metrics", "The judge's FER2013 test accuracy, crops scored, timing.")
+@click.pass_context
+def crop_judge(ctx: click.Context, crops: Path, out: Path, metrics: Path) -> None:
+    """Score every crop with a classifier trained on FER2013 alone (fer2013, crop_judge).
+
+    The review tool's suspect order puts first the crops whose folder emotion it finds least
+    likely: the likeliest mislabels.
+    """
+    params = _params(ctx)
+    print_stage_header("crop_judge", metrics)
+    from emogan.crop_judge import judge_crops
+
+    _report(judge_crops(params, crops, out, metrics))
+
+
 @cli.command("simulate-review")
 @path_option("--demo", "The demo world, whose ground_truth.csv decides.")
 @path_option("--raw", "The collect stage's output folder.")
@@ -173,6 +191,11 @@ def review(ctx: click.Context, crops: Path | None, out: Path | None, metrics: Pa
     "The collect stage's output folder (source photos shown for context).",
     default="data/raw",
 )
+@path_option(
+    "--scores",
+    "The crop_judge stage's scores, for the suspect order (confidence order without them).",
+    default="data/interim/crop_scores.csv",
+)
 @click.option(
     "--host",
     default="127.0.0.1",
@@ -187,17 +210,29 @@ def serve(
     ctx: click.Context,
     crops: Path,
     raw: Path,
+    scores: Path,
     host: str,
     port: int,
     no_browser: bool,
     reviewer: str | None,
 ) -> None:
-    """Review crops in the browser; every key press is saved to review.decisions at once."""
+    """Review crops in the browser; every key press is saved to review.decisions at once.
+
+    With --scores, each folder shows first the crops the crop judge doubts (the suspect order),
+    each with the judge's guess, which `a` accepts.
+    """
     cfg = _params(ctx).review
     from emogan.review_app.server import serve_review
 
     serve_review(
-        cfg, crops, raw, host=host, port=port, open_browser=not no_browser, reviewer=reviewer
+        cfg,
+        crops,
+        raw,
+        host=host,
+        port=port,
+        open_browser=not no_browser,
+        reviewer=reviewer,
+        scores_path=scores,
     )
 
 
@@ -449,6 +484,27 @@ def bench_learning(
     from emogan.bench.learning import bench_learning as run_bench
 
     _report(run_bench(params, data, iterations, every, grids))
+
+
+@bench.command("review-queue")
+@path_option("--crops", "The crop stage's output folder.", default="data/interim/crops")
+@path_option("--scores", "The crop_judge stage's scores.", default="data/interim/crop_scores.csv")
+@path_option(
+    "--decisions",
+    "Decisions whose relabels are the mislabels  [default: review.decisions, the demo's"
+    " simulated reviewer's]",
+    required=False,
+)
+@click.pass_context
+def bench_review_queue(
+    ctx: click.Context, crops: Path, scores: Path, decisions: Path | None
+) -> None:
+    """The share of the relabelled crops within the first 20% of each folder, in the review
+    tool's suspect order and in its confidence order."""
+    decisions = decisions or _params(ctx).review.decisions
+    from emogan.bench.review_queue import bench_review_queue as run_bench
+
+    _report(run_bench(crops, scores, decisions))
 
 
 @bench.command("template")

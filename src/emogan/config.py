@@ -238,6 +238,13 @@ class ClassifierConfig(Section):
     device: Str = "auto"
 
 
+class CropJudgeConfig(Section):
+    """The judge that orders the review queue: the classifier (its settings) on FER2013 alone."""
+
+    # fewer than the classifier's: on the demo 8 order the review as well as 12 (BENCHMARKS.md)
+    epochs: Int = Field(8, ge=1)
+
+
 class EvaluateConfig(Section):
     batch_size: Int = Field(256, ge=1)  # test faces translated at once
     device: Str = "auto"
@@ -262,6 +269,7 @@ class Params(Section):
     train: TrainConfig = TrainConfig()
     sample: SampleConfig = SampleConfig()
     classifier: ClassifierConfig = ClassifierConfig()
+    crop_judge: CropJudgeConfig = CropJudgeConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     mlflow: MlflowConfig = MlflowConfig()
 

@@ -64,17 +64,23 @@ def merge_dataset(
 ) -> dict:
     """Write out_dir (images + index.csv, replaced as a whole) and the class counts to
     metrics_path; return the counts. On bad input out_dir is left as it was."""
-    fer_images = read_fer2013(fer)
-    samples = _fer_samples(fer_images)
+    samples, fer_skipped = fer2013_samples(fer)
     if cfg.include_custom:
         samples += _custom_samples(Path(reviewed_dir), cfg.custom_test_fraction)
     samples.sort(key=lambda sample: sample.path)
     with atomic.atomic_path(Path(out_dir)) as work:
         _write_images(samples, work, image_size, cfg.channels)
         (work / "index.csv").write_text(_index_csv(samples), encoding="utf-8")
-    metrics = _metrics(samples, fer_images.skipped, image_size, cfg.channels)
+    metrics = _metrics(samples, fer_skipped, image_size, cfg.channels)
     atomic.write_json(Path(metrics_path), metrics)
     return metrics
+
+
+def fer2013_samples(fer: Fer2013Config) -> tuple[list[Sample], int]:
+    """FER2013's faces with the labels merge files them under, and the count of rows in neither
+    split. The crop judge trains on these too: one reader, so both see the same labels."""
+    fer_images = read_fer2013(fer)
+    return _fer_samples(fer_images), fer_images.skipped
 
 
 def _fer_samples(fer: FerImages) -> list[Sample]:
@@ -178,9 +184,14 @@ def _write_images(samples: list[Sample], root: Path, image_size: int, channels: 
             pass
 
 
+def sample_pixels(image: np.ndarray | Path, image_size: int, channels: int) -> np.ndarray:
+    """A sample's image (pixels, or a crop file) as merge writes it: image_size, gray or RGB."""
+    pixels = read_rgb(image) if isinstance(image, Path) else image
+    return convert(pixels, image_size, channels)
+
+
 def _write_image(sample: Sample, root: Path, image_size: int, channels: int) -> None:
-    pixels = read_rgb(sample.image) if isinstance(sample.image, Path) else sample.image
-    image = convert(pixels, image_size, channels)
+    image = sample_pixels(sample.image, image_size, channels)
     if channels == 3:
         image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)  # cv2 encodes colour as BGR
     _, png = cv2.imencode(".png", image)

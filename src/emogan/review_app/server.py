@@ -3,6 +3,8 @@
 Standard library only. Every decision goes straight to the decisions file through
 `emogan.data.review`, which locks and writes atomically, so any number of tabs (or servers) can
 share one file. Files are served only by crop id, looked up in crops.csv: a request names no path.
+The crop judge's scores, when they match crops.csv, give the suspect order and a hint per crop;
+the hint is never written anywhere until the reviewer accepts it as a decision.
 """
 
 import contextlib
@@ -10,6 +12,7 @@ import getpass
 import io
 import json
 import signal
+import sys
 import threading
 import webbrowser
 from collections.abc import Callable, Iterator
@@ -25,6 +28,7 @@ from PIL import Image, ImageDraw
 
 from emogan.config import ReviewConfig
 from emogan.data.crop import CropRecord, read_crops
+from emogan.data.crop_scores import CropScore, read_crop_scores
 from emogan.data.images import read_rgb
 from emogan.data.review import (
     ReviewDecision,
@@ -33,6 +37,7 @@ from emogan.data.review import (
     read_decisions,
     record_decision,
 )
+from emogan.data.review_queue import ORDERS, confidence_order, suspect_order
 from emogan.emotions import EMOTIONS
 from emogan.errors import EmoganError
 
@@ -60,11 +65,6 @@ class HttpError(EmoganError):
         self.status = status
 
 
-def _review_order(crop: CropRecord) -> tuple:
-    """By emotion in FER2013 order, then the least certain faces first: the likeliest non-faces."""
-    return EMOTIONS.index(crop.emotion), crop.prob, crop.crop_id
-
-
 def _inside(folder: Path, relative: str) -> Path | None:
     """`folder / relative`, or None where that lies outside `folder` (a hand-edited crops.csv)."""
     path = (folder / relative).resolve()
@@ -85,13 +85,33 @@ def _now() -> str:
 class ReviewSession:
     """The crops under review and their decisions file: what every request is answered from."""
 
-    def __init__(self, cfg: ReviewConfig, crops_dir: Path, raw_dir: Path, reviewer: str) -> None:
+    def __init__(
+        self,
+        cfg: ReviewConfig,
+        crops_dir: Path,
+        raw_dir: Path,
+        reviewer: str,
+        scores_path: Path | None = None,
+    ) -> None:
         self.cfg = cfg
         self.crops_dir = Path(crops_dir)
         self.raw_dir = Path(raw_dir)
         self.reviewer = reviewer
-        crops = sorted(read_crops(self.crops_dir), key=_review_order)
+        crops = confidence_order(read_crops(self.crops_dir))
         self.crops = {crop.crop_id: crop for crop in crops}
+        self.scores: dict[str, CropScore] = {}
+        # Why there is no suspect order, None where there is one. Stale or missing scores
+        # leave the confidence order: the review must not wait for the crop judge.
+        self.suspect_unavailable: str | None = "no crop scores given"
+        if scores_path is not None:
+            try:
+                self.scores = read_crop_scores(scores_path, crops)
+                self.suspect_unavailable = None
+            except EmoganError as error:
+                self.suspect_unavailable = str(error)
+        self.orders = {"confidence": list(self.crops)}
+        if self.suspect_unavailable is None:
+            self.orders["suspect"] = [c.crop_id for c in suspect_order(crops, self.scores)]
         self._faces_by_photo: dict[str, list[CropRecord]] = {}
         for crop in self.crops.values():
             self._faces_by_photo.setdefault(crop.source_sha256, []).append(crop)
@@ -106,6 +126,9 @@ class ReviewSession:
             "reviewer": self.reviewer,
             "crops": [self._view(crop, decisions.get(key)) for key, crop in self.crops.items()],
             "progress": self._progress(decisions),
+            # order -> crop ids, null where unavailable; the first available is the default
+            "orders": {name: self.orders.get(name) for name in ORDERS},
+            "suspect_unavailable": self.suspect_unavailable,
         }
 
     def decide(self, body: dict) -> dict:
@@ -201,6 +224,7 @@ class ReviewSession:
         }
 
     def _view(self, crop: CropRecord, decision: ReviewDecision | None) -> dict:
+        score = self.scores.get(crop.crop_id)
         return {
             "id": crop.crop_id,
             "emotion": crop.emotion,
@@ -209,6 +233,8 @@ class ReviewSession:
             "source": crop.source_path,
             "decision": asdict(decision) if decision else None,
             "effective_emotion": self._effective_emotion(crop, decision),
+            # the judge's guess, to accept with one key; only a decision is ever recorded
+            "hint": {"emotion": score.guess, "prob": score.guess_prob} if score else None,
         }
 
     def _effective_emotion(self, crop: CropRecord, decision: ReviewDecision | None) -> str | None:
@@ -342,9 +368,10 @@ def create_server(
     host: str = "127.0.0.1",
     port: int = 8765,
     reviewer: str | None = None,
+    scores_path: Path | None = None,
 ) -> ReviewServer:
     """A bound, not yet serving, review server (port 0: any free port)."""
-    session = ReviewSession(cfg, crops_dir, raw_dir, reviewer or _default_reviewer())
+    session = ReviewSession(cfg, crops_dir, raw_dir, reviewer or _default_reviewer(), scores_path)
     try:
         return ReviewServer((host, port), session)
     except OSError as error:
@@ -375,11 +402,17 @@ def serve_review(
     port: int = 8765,
     open_browser: bool = True,
     reviewer: str | None = None,
+    scores_path: Path | None = None,
 ) -> None:
     """Serve the review page until Ctrl-C or SIGTERM; decisions go to `cfg.decisions` at once."""
-    server = create_server(cfg, crops_dir, raw_dir, host=host, port=port, reviewer=reviewer)
+    server = create_server(
+        cfg, crops_dir, raw_dir, host=host, port=port, reviewer=reviewer, scores_path=scores_path
+    )
     url = f"http://{host}:{server.server_port}/"
     print(f"review tool: {url}", flush=True)
+    unavailable = server.session.suspect_unavailable
+    if unavailable:
+        print(f"review tool: no suspect order: {unavailable}", file=sys.stderr, flush=True)
     if open_browser:
         webbrowser.open(url)
     with _sigterm_stops_like_ctrl_c():

@@ -1,8 +1,10 @@
 "use strict";
 
-// The review page: the crops of one emotion folder in a grid, least certain first. Keys decide;
-// each decision is sent at once and its tile shows only what the server answered, so what you
-// see is what the decisions file holds.
+// The review page: the crops of one emotion folder in a grid, in the suspect order (the crops
+// the crop judge doubts first, each with its guess as a hint) or the confidence order (MTCNN's
+// least certain first). Keys decide; each decision is sent at once and its tile shows only what
+// the server answered, so what you see is what the decisions file holds. A hint is only shown:
+// accepting it is a relabel like any other.
 
 const REFRESH_MS = 10000;
 const VERDICTS = { keep: "kept", drop: "dropped" };
@@ -18,6 +20,8 @@ const ui = {
   grids: byId("grids"),
   empty: byId("empty"),
   filter: byId("unreviewed-only"),
+  order: byId("order"),
+  orderNote: byId("order-note"),
   overlay: byId("overlay"),
   photo: byId("photo"),
   caption: byId("photo-caption"),
@@ -29,6 +33,7 @@ const page = {
   tiles: new Map(), // crop id -> its tile
   grids: new Map(), // emotion -> its grid
   tabs: new Map(), // emotion -> its tab
+  orders: {}, // order name -> crop ids in that order, or null where the server has none
   emotion: null, // the open folder
   selected: new Map(), // emotion -> the crop id selected in that folder
   undoable: [], // [{id, previous}] for each saved decision, newest last
@@ -43,6 +48,7 @@ const COMMANDS = {
   k: () => decide("keep"),
   " ": () => decide("keep"),
   x: () => decide("drop"),
+  a: acceptHint,
   u: undo,
   p: togglePhoto,
   Enter: togglePhoto,
@@ -150,11 +156,13 @@ async function load() {
 
 function build(state) {
   page.emotions = state.emotions;
+  page.orders = state.orders;
   const policy = state.unreviewed_policy === "drop" ? "dropped" : "kept";
   ui.where.textContent =
     `decisions: ${state.decisions_path} · reviewer: ${state.reviewer}` +
     ` · unreviewed crops are ${policy}`;
   buildFolders(state.crops);
+  buildOrders(state.suspect_unavailable);
   buildLegend();
   applyProgress(state.progress);
   const asked = decodeURIComponent(location.hash.slice(1));
@@ -203,6 +211,7 @@ function makeTile(crop) {
     image,
     element("span", "prob", crop.prob.toFixed(3)),
     element("span", "verdict"),
+    element("span", "hint", hintOf(crop)),
     element("span", "sync"),
   );
   tile.addEventListener("click", () => select(crop.id));
@@ -210,11 +219,34 @@ function makeTile(crop) {
   return tile;
 }
 
+// The first order the server has is the default: suspect, when the judge's scores match.
+function buildOrders(suspectUnavailable) {
+  for (const [name, ids] of Object.entries(page.orders)) {
+    const option = element("option", "", name);
+    option.value = name;
+    option.disabled = !ids;
+    ui.order.append(option);
+  }
+  ui.order.value = Object.keys(page.orders).find((name) => page.orders[name]);
+  ui.orderNote.hidden = !suspectUnavailable;
+  ui.orderNote.textContent = `no suspect order: ${suspectUnavailable}`;
+  applyOrder();
+}
+
+function applyOrder() {
+  for (const id of page.orders[ui.order.value]) {
+    const tile = page.tiles.get(id);
+    tile.parentElement.append(tile); // moves it to its grid's end
+  }
+}
+
 function buildLegend() {
+  const hints = [...page.crops.values()].some((crop) => crop.hint);
   const entries = [
     ...page.emotions.map((emotion, i) => [String(i + 1), emotion, String(i + 1)]),
     ["k / space", "keep", "k"],
     ["x", "drop", "x"],
+    ...(hints ? [["a", "accept hint", "a"]] : []),
     ["u", "undo", "u"],
     ["p / enter", "photo", "p"],
     ["f", "filter", "f"],
@@ -231,6 +263,10 @@ function buildLegend() {
 
 // ---- showing the server's answers
 
+function hintOf(crop) {
+  return crop.hint ? `judge: ${crop.hint.emotion} ${crop.hint.prob.toFixed(2)}` : "";
+}
+
 function verdictOf(crop) {
   const decision = crop.decision;
   if (!decision) return "unreviewed";
@@ -244,7 +280,8 @@ function applyCrop(crop) {
   tile.dataset.state = crop.decision?.action ?? "unreviewed";
   tile.querySelector(".verdict").textContent = verdictOf(crop);
   const by = crop.decision ? `${crop.decision.reviewer}, ${crop.decision.decided_at}` : "";
-  tile.title = `${crop.id} · prob ${crop.prob} · ${verdictOf(crop)} ${by}`.trim();
+  const about = [crop.id, `prob ${crop.prob}`, hintOf(crop), `${verdictOf(crop)} ${by}`.trim()];
+  tile.title = about.filter(Boolean).join(" · ");
 }
 
 function setSync(id, sync) {
@@ -360,8 +397,9 @@ function showPhoto() {
   if (!crop) return;
   ui.photo.src = `/photo/${encodeURIComponent(crop.id)}`;
   ui.caption.textContent =
-    `${crop.source} · folder ${crop.emotion} · prob ${crop.prob.toFixed(3)} · ` +
-    `${verdictOf(crop)} · decide here, Esc closes`;
+    [crop.source, `folder ${crop.emotion}`, `prob ${crop.prob.toFixed(3)}`, hintOf(crop)]
+      .filter(Boolean)
+      .join(" · ") + ` · ${verdictOf(crop)} · decide here, Esc closes`;
   ui.overlay.hidden = false;
 }
 
@@ -383,6 +421,13 @@ function decide(action, label = "") {
   page.undoable.push({ id, previous: page.crops.get(id).decision });
   move(1);
   send("/api/decision", { crop_id: id, action, label }, id);
+}
+
+// The judge's guess becomes a relabel like one typed with its digit (the server records a
+// relabel to the folder's own emotion as a keep).
+function acceptHint() {
+  const hint = page.crops.get(selectedId())?.hint;
+  if (hint) decide("relabel", hint.emotion);
 }
 
 function undo() {
@@ -409,6 +454,11 @@ document.addEventListener("keydown", (event) => {
 // A clicked button or checkbox would keep the focus, and space or Enter would click it again.
 document.addEventListener("click", (event) => event.target.closest("button, input")?.blur());
 ui.filter.addEventListener("change", applyFilter);
+ui.order.addEventListener("change", () => {
+  ui.order.blur(); // the keys are for the crops again
+  applyOrder();
+  applyFilter();
+});
 ui.overlay.addEventListener("click", closePhoto);
 ui.photo.addEventListener("error", () => {
   ui.caption.textContent = "the source photo could not be loaded";
