@@ -18,7 +18,8 @@ How the votes become a label (`fer2013.ferplus_mode`), following Microsoft's rea
   the tied classes (the annotators then do not contradict it), else to the first tied column in
   FER+'s order (Microsoft's argmax), which puts every emotion before contempt, unknown and NF.
 - probability: the plurality's label (the GAN needs one label per face) plus the share of the
-  emotion votes each of the 7 emotions got, which the classifier trains on as soft labels.
+  emotion votes each of the 7 emotions got, which the classifier trains on as soft labels (as
+  Microsoft's crossentropy mode, which keeps only the top emotions; here every counted one).
 - original: FER2013's own labels; the votes file is not read.
 A face left with no counted vote is dropped (no_votes).
 """
@@ -99,7 +100,8 @@ def read_votes(path: Path, fer_path: Path, fer_rows: int) -> np.ndarray:
     if len(table) != fer_rows:
         raise EmoganError(
             f"{path} line {len(table) + 1}: {len(table)} data rows, but {fer_path} has "
-            f"{fer_rows} (the votes go with FER2013's rows by position)"
+            f"{fer_rows} (the votes go with its rows by position: set fer2013.ferplus to its "
+            "FER+ file, or fer2013.ferplus_mode: original)"
         )
     texts = table.iloc[:, 2:].apply(lambda column: column.str.strip())
     valid = texts.apply(lambda column: column.str.fullmatch(_COUNT)).to_numpy(bool)
