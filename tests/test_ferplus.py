@@ -10,7 +10,7 @@ import pytest
 import torch
 from test_merge import crops, read_index, write_reviewed
 
-from emogan.classifier import fit_classifier
+from emogan.classifier import _balanced_class_weights, _loss, fit_classifier
 from emogan.config import ClassifierConfig, Fer2013Config, MergeConfig, parse_params
 from emogan.data.fer2013 import read_fer2013
 from emogan.data.ferplus import (
@@ -270,3 +270,23 @@ def test_probability_soft_labels_reach_the_classifiers_loss(files, tmp_path, mon
     targets.clear()
     fit_classifier(replace(data, soft_labels=None), cfg, torch.device("cpu"))
     assert torch.cat(targets).dtype == torch.int64  # hard labels without soft ones
+
+
+def test_one_hot_soft_labels_give_the_hard_labels_loss():
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(64, len(EMOTIONS), generator=generator)
+    labels = torch.randint(0, len(EMOTIONS), (64,), generator=generator)
+    weight = _balanced_class_weights(labels)
+    one_hot = torch.nn.functional.one_hot(labels, len(EMOTIONS)).float()
+    torch.testing.assert_close(
+        _loss(logits, labels, one_hot, weight), _loss(logits, labels, None, weight)
+    )
+
+
+def test_the_soft_loss_is_lowest_at_the_shares_whatever_the_class_weights():
+    shares = torch.tensor([[0.6, 0.25, 0.05, 0.025, 0.025, 0.025, 0.025]])  # angry, some disgust
+    weight = torch.tensor([1.0, 10.0, 1, 1, 1, 1, 1])  # disgust rare
+    logits = shares.log().requires_grad_()
+    _loss(logits, torch.tensor([0]), shares, weight).backward()
+    # per-class weighting would pull towards disgust here (gradient ~ weight x share - ...)
+    torch.testing.assert_close(logits.grad, torch.zeros_like(logits))

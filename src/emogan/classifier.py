@@ -144,9 +144,7 @@ def _training_epochs(
     (class shares) where it has them, else its labels."""
     torch.manual_seed(cfg.seed)
     images, labels = data.images.to(device), data.labels.to(device)
-    # Class shares as targets: cross_entropy's weighted mean then divides by the batch size, not
-    # by the batch's weight sum, which the balanced weights make equal on average.
-    targets = labels if data.soft_labels is None else data.soft_labels.to(device)
+    soft_labels = None if data.soft_labels is None else data.soft_labels.to(device)
     optimiser = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     steps_per_epoch = -(-len(images) // cfg.batch_size)
     # Annealing the rate to ~0 settles BatchNorm's running statistics before evaluation.
@@ -159,12 +157,27 @@ def _training_epochs(
             # Expressions are left-right symmetric: a mirrored face is as good a training face.
             flip = torch.rand(len(x), 1, 1, 1, device=device) < 0.5
             logits = model(torch.where(flip, x.flip(3), x))
-            loss = nn.functional.cross_entropy(logits, targets[batch], weight=weight)
+            soft = None if soft_labels is None else soft_labels[batch]
+            loss = _loss(logits, labels[batch], soft, weight)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
             schedule.step()
         yield epoch
+
+
+def _loss(
+    logits: torch.Tensor, labels: torch.Tensor, soft: torch.Tensor | None, weight: torch.Tensor
+) -> torch.Tensor:
+    """Class-weighted cross-entropy against the labels, or against the soft labels with each face
+    weighted by its label's class weight. (cross_entropy's own weight would scale each class's
+    share instead, and a rare class's large weight would turn an angry face's small disgust share
+    into its main target.) One-hot soft labels give the labels' loss."""
+    if soft is None:
+        return nn.functional.cross_entropy(logits, labels, weight=weight)
+    per_face = weight[labels]
+    loss = nn.functional.cross_entropy(logits, soft, reduction="none")
+    return (loss * per_face).sum() / per_face.sum()
 
 
 def _balanced_class_weights(labels: torch.Tensor) -> torch.Tensor:
