@@ -28,8 +28,13 @@ from emogan.errors import EmoganError
 from emogan.progress import STAGE_TIMING
 
 ROOT = Path(__file__).resolve().parents[1]
+# Without planted label noise: the crops below are cut from test faces by their FER2013 label.
 SMALL = DemoConfig(
-    photos_per_emotion=1, faceless_photos=0, fer_train_per_emotion=40, fer_test_per_emotion=6
+    photos_per_emotion=1,
+    faceless_photos=0,
+    fer_train_per_emotion=40,
+    fer_test_per_emotion=6,
+    fer_label_noise=0.0,
 )
 PLANTED = "planted-00"  # a sad face filed under happy, as a background face would be
 CROP_SIDE = 96  # crops are larger than FER2013's faces and in colour: converted as merge does
@@ -42,7 +47,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("judge")
     make_demo(SMALL, root / "demo")
     (root / "params.yaml").write_text(
-        f"fer2013: {{path: {root / 'demo' / 'fer2013.csv'}}}\n"
+        f"fer2013: {{path: {root / 'demo' / 'fer2013.csv'}, "
+        f"ferplus: {root / 'demo' / 'fer2013new.csv'}}}\n"
         "classifier: {batch_size: 32, device: cpu}\ncrop_judge: {epochs: 6}\n"
     )
     fer = read_fer2013(load_params(root / "params.yaml").fer2013)
@@ -134,7 +140,7 @@ def test_the_judge_trains_on_merges_fer2013_train_faces_alone(
     )
     params = load_params(world / "params.yaml")
     judge_crops(params, world / "crops", tmp_path / "scores.csv", tmp_path / "judge.json")
-    samples, _ = fer2013_samples(params.fer2013)
+    samples = fer2013_samples(params.fer2013).samples
     train_labels = [s.label for s in samples if s.split == "train"]
     assert seen[0].labels.tolist() == train_labels
     assert seen[0].images.shape[1:] == (1, params.image_size, params.image_size)

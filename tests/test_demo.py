@@ -16,9 +16,11 @@ import numpy as np
 import pytest
 
 from emogan.bench.demo_world import classifier_scores, detection_scores
-from emogan.config import DemoConfig
-from emogan.data.demo import MANIFEST_COLUMNS, MIN_FACE, fer_counts, make_demo
+from emogan.config import DemoConfig, Fer2013Config, MergeConfig
+from emogan.data.demo import FERPLUS_FILE, MANIFEST_COLUMNS, MIN_FACE, fer_counts, make_demo
 from emogan.data.detect import detect_faces, load_detector
+from emogan.data.ferplus import HEADER, read_votes, vote_labels
+from emogan.data.merge import merge_dataset
 from emogan.emotions import EMOTIONS, LABEL_OF
 
 SMALL = DemoConfig(
@@ -69,7 +71,7 @@ def test_items_do_not_depend_on_how_many_there_are(small_demo: Path, tmp_path: P
 
 def test_layout_and_manifest(small_demo: Path) -> None:
     assert {p.name for p in small_demo.iterdir()} == {
-        "photos", "manifest.csv", "ground_truth.csv", "fer2013.csv", "summary.json",
+        "photos", "manifest.csv", "ground_truth.csv", "fer2013.csv", FERPLUS_FILE, "summary.json",
     }  # fmt: skip
     with (small_demo / "manifest.csv").open(encoding="utf-8") as handle:
         assert handle.readline().strip() == ",".join(MANIFEST_COLUMNS)
@@ -116,7 +118,8 @@ def test_fer2013_csv(small_demo: Path) -> None:
         pixels = [int(v) for v in row["pixels"].split(" ")]
         assert len(pixels) == 48 * 48 and min(pixels) >= 0 and max(pixels) <= 255
         assert np.std(pixels) > 3  # a face, not a flat square
-    counts = Counter((EMOTIONS[int(row["emotion"])], row["Usage"]) for row in rows)
+    truth = zip(_true_labels(small_demo), rows, strict=True)  # written labels are partly wrong
+    counts = Counter((EMOTIONS[label], row["Usage"]) for label, row in truth)
     assert dict(counts) == {
         (emotion, usage): n for emotion, usages in fer_counts(SMALL).items()
         for usage, n in usages.items()
@@ -128,6 +131,49 @@ def test_fer2013_csv(small_demo: Path) -> None:
     assert abs(mean - SMALL.fer_train_per_emotion) <= 1
     assert all(counts[e, "PublicTest"] >= 1 and counts[e, "PrivateTest"] >= 1 for e in EMOTIONS)
     assert {int(row["emotion"]) for row in rows} == set(LABEL_OF.values())
+
+
+def _true_labels(demo: Path) -> list[int]:
+    """The true emotion of every FER row: its votes' plurality, which the demo draws so."""
+    fer_rows = len(_rows(demo / "fer2013.csv"))
+    votes = read_votes(demo / FERPLUS_FILE, demo / "fer2013.csv", fer_rows)
+    return vote_labels(votes, np.zeros(fer_rows, np.int64), "plurality", ()).labels.tolist()
+
+
+def test_ferplus_votes_are_in_the_real_format_and_planted_noise_is_counted(small_demo):
+    fer_rows, votes = _rows(small_demo / "fer2013.csv"), _rows(small_demo / FERPLUS_FILE)
+    assert tuple(votes[0]) == HEADER and len(votes) == len(fer_rows)
+    assert [row["Usage"] for row in votes] == [row["Usage"] for row in fer_rows]
+    assert [row["Image name"] for row in votes] == [f"fer{k:07d}.png" for k in range(len(votes))]
+    assert all(sum(int(v) for v in list(row.values())[2:]) == 10 for row in votes)
+    written = [int(row["emotion"]) for row in fer_rows]
+    wrong = sum(w != t for w, t in zip(written, _true_labels(small_demo), strict=True))
+    summary = json.loads((small_demo / "summary.json").read_text())
+    assert wrong == summary["fer2013_mislabelled"]
+    assert 0.02 * len(fer_rows) <= wrong <= 0.1 * len(fer_rows)  # fer_label_noise 0.05
+
+
+@pytest.mark.parametrize("mode", ["majority", "plurality"])
+def test_ferplus_relabels_the_planted_noise_back(small_demo, tmp_path, mode):
+    fer = Fer2013Config(
+        path=small_demo / "fer2013.csv", ferplus=small_demo / FERPLUS_FILE, ferplus_mode=mode
+    )
+    out = tmp_path / "processed"
+    metrics = merge_dataset(
+        fer, MergeConfig(include_custom=False), 16, tmp_path, out, tmp_path / "m.json"
+    )
+    truth = _true_labels(small_demo)
+    with (out / "index.csv").open(newline="") as handle:
+        for row in csv.DictReader(handle):  # every face kept is in its true emotion
+            line = int(row["origin"].removeprefix("fer2013:line:"))
+            assert int(row["label"]) == truth[line - 2], row
+    planted = json.loads((small_demo / "summary.json").read_text())["fer2013_mislabelled"]
+    relabelled, dropped = metrics["ferplus"]["relabelled"], metrics["ferplus"]["dropped"]
+    if mode == "plurality":  # the truth always leads the votes: every planted label goes back
+        assert relabelled["all"]["total"] == planted and dropped["all"]["total"] == 0
+    else:  # a mislabelled face without a majority is dropped instead
+        assert 0.7 * planted <= relabelled["all"]["total"] <= planted
+        assert dropped["all"]["total"] == dropped["all"]["no_majority"] > 0
 
 
 def test_mtcnn_finds_the_drawn_faces(tmp_path: Path) -> None:
@@ -148,7 +194,11 @@ def test_detect_faces_on_mixed_sizes_and_empty_images() -> None:
 
 def test_demo_is_learnable(tmp_path: Path) -> None:
     cfg = DemoConfig(
-        photos_per_emotion=1, faceless_photos=0, fer_train_per_emotion=250, fer_test_per_emotion=40
+        photos_per_emotion=1,
+        faceless_photos=0,
+        fer_train_per_emotion=250,
+        fer_test_per_emotion=40,
+        fer_label_noise=0.0,  # the faces are learnable; planted wrong labels would cap the score
     )
     make_demo(cfg, tmp_path / "demo")
     scores = classifier_scores(tmp_path / "demo" / "fer2013.csv")

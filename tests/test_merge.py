@@ -88,7 +88,7 @@ def run_merge(tmp_path: Path, name: str = "processed", **merge: object) -> tuple
     size = merge.pop("image_size", 48)
     out_dir = tmp_path / name
     metrics = merge_dataset(
-        Fer2013Config(path=fer_csv),
+        Fer2013Config(path=fer_csv, ferplus_mode="original"),  # FER+ in test_ferplus.py
         MergeConfig(**merge),
         image_size=size,
         reviewed_dir=tmp_path / "reviewed",
@@ -117,6 +117,7 @@ def test_csv_rows_go_to_the_split_of_their_usage(tmp_path):
     assert fer.splits == ("train",) * 4 + ("test",)
     assert fer.labels.tolist() == [3, 4, 1, 3, 0]
     assert fer.names[0] == "fer-000002" and fer.origins[4] == "fer2013:line:6"
+    assert fer.rows.tolist() == [0, 1, 2, 3, 4]  # data-row positions, for the FER+ votes
     for i, image in enumerate(fer.images):
         np.testing.assert_array_equal(image, face(i))
 
@@ -175,6 +176,7 @@ def test_line_numbers_count_blank_lines_and_later_chunks(tmp_path):
     fer = read_fer2013(Fer2013Config(path=write_lines(path, lines)))
     assert len(fer.images) == CHUNK_ROWS + 10  # the blank line is skipped
     assert fer.origins[:2] == ("fer2013:line:2", "fer2013:line:4")
+    assert fer.rows.tolist() == list(range(CHUNK_ROWS + 10))  # FER+ positions skip blank lines
 
 
 def test_csv_without_usage_is_all_training(tmp_path, caplog):
@@ -340,7 +342,9 @@ def test_duplicate_crop_ids_are_refused(tmp_path):
 
 def test_bench_merge_writes_fer2013_shaped_csv(tmp_path):
     result = bench_merge(tmp_path, rows=300)
-    assert result["rows"] == result["images_written"] == 300
+    dropped = json.loads((tmp_path / "dataset.json").read_text())["ferplus"]["dropped"]
+    assert result["rows"] == 300 and 0 < dropped["all"]["no_majority"] < 300 * 0.2
+    assert result["images_written"] == 300 - dropped["all"]["total"]
     fer = read_fer2013(Fer2013Config(path=tmp_path / "fer2013.csv"))
     assert fer.splits.count("train") == 240  # 28,709 of 35,887 rows are Training
     assert set(fer.labels.tolist()) == set(range(7))

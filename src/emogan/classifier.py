@@ -125,7 +125,7 @@ def fit_with_validation(
     curve: list[float] = []
     best_state = None
     with progress_bar(cfg.epochs, "classifier", "epoch") as bar:
-        for _ in _training_epochs(model, train.images, train.labels, cfg, device):
+        for _ in _training_epochs(model, train, cfg, device):
             if val is not None:
                 curve.append(accuracy(model, val.images, val.labels))
                 bar.set_postfix({"val_accuracy": f"{curve[-1]:.3f}"}, refresh=False)
@@ -142,16 +142,14 @@ def fit_with_validation(
 
 
 def _training_epochs(
-    model: nn.Module,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    cfg: ClassifierConfig,
-    device: torch.device,
+    model: nn.Module, data: Dataset, cfg: ClassifierConfig, device: torch.device
 ) -> Iterator[int]:
     """Train model in place, yielding the epoch's number after each so the caller can evaluate
-    it; every epoch puts the model back in train mode first."""
+    it; every epoch puts the model back in train mode first. The targets are data's soft labels
+    (class shares) where it has them, else its labels."""
     torch.manual_seed(cfg.seed)
-    images, labels = images.to(device), labels.to(device)
+    images, labels = data.images.to(device), data.labels.to(device)
+    soft_labels = None if data.soft_labels is None else data.soft_labels.to(device)
     optimiser = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     steps_per_epoch = -(-len(images) // cfg.batch_size)
     # Annealing the rate to ~0 settles BatchNorm's running statistics before evaluation.
@@ -164,12 +162,27 @@ def _training_epochs(
             # Expressions are left-right symmetric: a mirrored face is as good a training face.
             flip = torch.rand(len(x), 1, 1, 1, device=device) < 0.5
             logits = model(torch.where(flip, x.flip(3), x))
-            loss = nn.functional.cross_entropy(logits, labels[batch], weight=weight)
+            soft = None if soft_labels is None else soft_labels[batch]
+            loss = _loss(logits, labels[batch], soft, weight)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
             schedule.step()
         yield epoch
+
+
+def _loss(
+    logits: torch.Tensor, labels: torch.Tensor, soft: torch.Tensor | None, weight: torch.Tensor
+) -> torch.Tensor:
+    """Class-weighted cross-entropy against the labels, or against the soft labels with each face
+    weighted by its label's class weight. (cross_entropy's own weight would scale each class's
+    share instead, and a rare class's large weight would turn an angry face's small disgust share
+    into its main target.) One-hot soft labels give the labels' loss."""
+    if soft is None:
+        return nn.functional.cross_entropy(logits, labels, weight=weight)
+    per_face = weight[labels]
+    loss = nn.functional.cross_entropy(logits, soft, reduction="none")
+    return (loss * per_face).sum() / per_face.sum()
 
 
 def _balanced_class_weights(labels: torch.Tensor) -> torch.Tensor:

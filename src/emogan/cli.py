@@ -449,7 +449,7 @@ def bench_demo(ctx: click.Context, work_dir: Path) -> None:
     help="Rows of the generated FER2013-format CSV (the real one has 35,887).",
 )
 def bench_merge(work_dir: Path, rows: int) -> None:
-    """Time the merge stage on a full-size FER2013-format CSV."""
+    """Time the merge stage on a full-size FER2013-format CSV and its FER+ votes."""
     from emogan.bench.merge import bench_merge as run_bench
 
     _report(run_bench(work_dir, rows))

@@ -72,6 +72,9 @@ class DemoConfig(Section):
     # FER-format faces upright, evenly lit, on a plain background, close; false: as varied as the
     # scene photos (the GAN then learns far slower)
     fer_studio: Bool = True
+    # share of FER-format rows written with a wrong label (the face keeps its true emotion), as
+    # FER2013 is mislabelled; the FER+ votes beside it are drawn around the true emotion
+    fer_label_noise: Float = Field(0.05, ge=0.0, le=1.0)
 
 
 class SearchConfig(Section):
@@ -151,10 +154,23 @@ class ReviewConfig(Section):
 Usage = Literal["Training", "PublicTest", "PrivateTest"]
 
 
+FerPlusCategory = Literal["unknown", "NF", "contempt"]
+
+
 class Fer2013Config(Section):
     path: Path = Path("data/demo/fer2013.csv")  # Kaggle CSV, or a folder of train|test/<emotion>/
     train_usage: tuple[Usage, ...] = ("Training",)
     test_usage: tuple[Usage, ...] = ("PublicTest", "PrivateTest")
+    # Microsoft's FER+ votes (fer2013new.csv), joined to path's CSV rows by position; always a
+    # file name, even with ferplus_mode original (which does not read it): DVC lists it in deps.
+    ferplus: Path = Path("data/demo/fer2013new.csv")
+    # majority: drop faces without a majority; plurality: the most votes; probability: the
+    # plurality's label + the vote shares as the classifier's soft labels; original: FER2013's
+    # own labels (data/ferplus.py)
+    ferplus_mode: Literal["majority", "plurality", "probability", "original"] = "majority"
+    # faces won by these are dropped; the votes of the others are removed before the vote
+    # (contempt has no FER2013 class)
+    ferplus_drop: tuple[FerPlusCategory, ...] = ("unknown", "NF", "contempt")
 
     @model_validator(mode="after")
     def _disjoint_usages(self) -> "Fer2013Config":

@@ -29,7 +29,7 @@ def judge_crops(params: Params, crops_dir: Path, scores_path: Path, metrics_path
     crop's scores to scores_path and the metrics to metrics_path; return the metrics."""
     started = time.perf_counter()
     device = resolve_device(params.classifier.device, "classifier.device")
-    samples, _ = fer2013_samples(params.fer2013)
+    samples = fer2013_samples(params.fer2013).samples
     fer = Dataset(
         _tensor([s.image for s in samples], params).to(device),
         torch.tensor([s.label for s in samples], device=device),

@@ -1,7 +1,9 @@
-"""Benchmark of the merge stage on a full-size FER2013 CSV (35,887 rows, ~290 MB).
+"""Benchmark of the merge stage on a full-size FER2013 CSV (35,887 rows, ~290 MB) and its FER+
+votes file.
 
 The CSV is synthetic (smooth random images) but has FER2013's real class counts, usage split,
-row order and file size, which is all the parser and writer care about.
+row order and file size, which is all the parser and writer care about; the votes are drawn as
+the demo world's are.
 """
 
 import time
@@ -11,7 +13,9 @@ import cv2
 import numpy as np
 
 from emogan.config import Fer2013Config, MergeConfig
+from emogan.data.demo import FERPLUS_FILE, ferplus_line, ferplus_votes
 from emogan.data.fer2013 import FER2013_COUNTS, FER_SIZE, USAGES, read_fer2013
+from emogan.data.ferplus import HEADER, read_votes
 from emogan.data.merge import merge_dataset
 
 FER2013_ROWS = sum(sum(counts) for counts in FER2013_COUNTS.values())  # 35,887
@@ -20,14 +24,18 @@ COARSE = 6  # random values on a 6x6 grid, enlarged to 48x48: smooth blobs, not 
 
 
 def bench_merge(work_dir: Path, rows: int = FER2013_ROWS, seed: int = 0) -> dict:
-    """Write work_dir/fer2013.csv, then time reading it alone and the whole merge stage."""
+    """Write work_dir/fer2013.csv and its FER+ votes, then time reading each alone and the
+    whole merge stage (FER+ majority, the default)."""
     work_dir = Path(work_dir)
-    csv_path = work_dir / "fer2013.csv"
-    write_fer2013_csv(csv_path, rows, seed)
-    fer = Fer2013Config(path=csv_path)
+    csv_path, votes_path = work_dir / "fer2013.csv", work_dir / FERPLUS_FILE
+    write_fer2013_csv(csv_path, rows, seed, votes_path)
+    fer = Fer2013Config(path=csv_path, ferplus=votes_path)
     start = time.perf_counter()
     read_fer2013(fer)
     parse_s = time.perf_counter() - start
+    start = time.perf_counter()
+    read_votes(votes_path, csv_path, rows)
+    votes_s = time.perf_counter() - start
     start = time.perf_counter()
     metrics = merge_dataset(
         fer,
@@ -42,16 +50,18 @@ def bench_merge(work_dir: Path, rows: int = FER2013_ROWS, seed: int = 0) -> dict
         "rows": rows,
         "csv_mb": round(csv_path.stat().st_size / 1e6, 1),
         "parse_s": round(parse_s, 2),
+        "ferplus_parse_s": round(votes_s, 3),
         "total_s": round(total_s, 2),
         "images_written": metrics["all"]["all"]["total"],
     }
 
 
-def write_fer2013_csv(path: Path, rows: int, seed: int) -> None:
-    """A Kaggle-format CSV of `rows` rows spread evenly over FER2013's real row list."""
+def write_fer2013_csv(path: Path, rows: int, seed: int, votes_path: Path) -> None:
+    """A Kaggle-format CSV of `rows` rows spread evenly over FER2013's real row list, and its
+    FER+ votes at votes_path."""
     labels, usages = _fer2013_row_list(seed)
     picked = np.arange(rows) * len(labels) // rows
-    rng = np.random.default_rng(seed)
+    rng, votes_rng = np.random.default_rng(seed), np.random.default_rng([seed, 1])
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("wb") as handle:
         handle.write(b"emotion,pixels,Usage\n")
@@ -62,6 +72,9 @@ def write_fer2013_csv(path: Path, rows: int, seed: int) -> None:
                 b"%d,%s,%s\n" % (labels[i], text, usages[i].encode())
                 for i, text in zip(chunk.tolist(), texts, strict=True)
             )
+    vote_lines = [ferplus_line(usages[i], row, ferplus_votes(votes_rng, labels[i]))
+                  for row, i in enumerate(picked.tolist())]  # fmt: skip
+    votes_path.write_text("\n".join([",".join(HEADER), *vote_lines]) + "\n", encoding="utf-8")
 
 
 def _fer2013_row_list(seed: int) -> tuple[np.ndarray, list[str]]:

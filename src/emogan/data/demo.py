@@ -2,7 +2,8 @@
 
 It stands in for photos collected from the web by emotion keyword (scene photos with faces at
 several sizes, some showing another emotion than their folder, some with no face at all) and for
-FER2013 (48x48 grayscale faces in the Kaggle CSV format with FER2013's class imbalance), so the
+FER2013 (48x48 grayscale faces in the Kaggle CSV format with FER2013's class imbalance, a share
+of them mislabelled, and FER+ votes for every row drawn around the face's true emotion), so the
 whole pipeline runs offline and its evaluation numbers mean something.
 
 Every item draws from its own generator seeded by (seed, kind, item), so items are independent
@@ -25,6 +26,7 @@ from emogan.atomic import atomic_path
 from emogan.config import DemoConfig
 from emogan.data.drawn_faces import FaceLook, draw_face, face_box, random_look
 from emogan.data.fer2013 import FER2013_COUNTS
+from emogan.data.ferplus import COLUMN_OF_LABEL, HEADER, VOTE_COLUMNS
 from emogan.emotions import EMOTIONS, LABEL_OF
 
 MANIFEST_COLUMNS = ("url_or_path", "emotion", "license", "creator", "source", "keyword")
@@ -45,8 +47,20 @@ FER_SIZE = 48
 FER_DRAW = 72  # FER faces are drawn larger, then shrunk like a downscaled photo
 STUDIO_ZOOM, STUDIO_LIGHT = 1.3, 0.15  # face height in frames; light gradient strength
 
+FERPLUS_FILE = "fer2013new.csv"
+# FER+ votes: 10 annotators; the true emotion gets a share drawn from ANNOTATOR_AGREEMENT, the
+# rest goes mostly to the emotion most often confused with it (the FER+ paper's confusions), and
+# to unknown, contempt, NF and the other emotions. The true emotion always gets the most votes,
+# so a majority, when there is one, is the truth.
+ANNOTATORS = 10
+ANNOTATOR_AGREEMENT = (0.45, 0.95)
+CONFUSED_WITH = {"angry": "disgust", "disgust": "angry", "fear": "surprise", "happy": "neutral",
+                 "sad": "neutral", "surprise": "fear", "neutral": "sad"}  # fmt: skip
+# Of the votes that miss the true emotion: the confused emotion, the non-emotions, the others.
+MISSED_VOTES = {"confused": 0.5, "unknown": 0.15, "contempt": 0.08, "NF": 0.02, "others": 0.25}
+
 # Generator streams: one per kind of item.
-PHOTO, FACELESS, FER_FACE, FER_ORDER = range(1, 5)
+PHOTO, FACELESS, FER_FACE, FER_ORDER, FER_VOTES = range(1, 6)
 
 
 @dataclass(frozen=True)
@@ -244,12 +258,49 @@ def _fer_rows(cfg: DemoConfig) -> list[tuple[int, str, int, int]]:
     return rows
 
 
-def _write_fer(cfg: DemoConfig, path: Path) -> None:
-    lines = ["emotion,pixels,Usage"]
-    for label, usage, u, i in tqdm(_fer_rows(cfg), desc="demo fer2013", unit="face", disable=None):
+def _write_fer(cfg: DemoConfig, root: Path) -> int:
+    """fer2013.csv and its FER+ votes; return how many rows were written with a wrong label."""
+    lines, vote_lines = ["emotion,pixels,Usage"], [",".join(HEADER)]
+    mislabelled = 0
+    rows = tqdm(_fer_rows(cfg), desc="demo fer2013", unit="face", disable=None)
+    for row, (label, usage, u, i) in enumerate(rows):
         face = _fer_face(_rng(cfg.seed, FER_FACE, u, label, i), EMOTIONS[label], cfg)
-        lines.append(f"{label},{' '.join(map(str, face.ravel().tolist()))},{usage}")
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        rng = _rng(cfg.seed, FER_VOTES, u, label, i)
+        written = label
+        if rng.random() < cfg.fer_label_noise:
+            written = int(rng.choice([other for other in LABEL_OF.values() if other != label]))
+            mislabelled += 1
+        lines.append(f"{written},{' '.join(map(str, face.ravel().tolist()))},{usage}")
+        vote_lines.append(ferplus_line(usage, row, ferplus_votes(rng, label)))
+    (root / "fer2013.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (root / FERPLUS_FILE).write_text("\n".join(vote_lines) + "\n", encoding="utf-8")
+    return mislabelled
+
+
+def ferplus_line(usage: str, row: int, votes: np.ndarray) -> str:
+    """One row of a FER+ votes file, its image named after its row as Microsoft's are."""
+    return f"{usage},fer{row:07d}.png,{','.join(map(str, votes.tolist()))}"
+
+
+def ferplus_votes(rng: np.random.Generator, label: int) -> np.ndarray:
+    """ANNOTATORS votes over FER+'s columns for a face of this FER2013 label."""
+    true = COLUMN_OF_LABEL[label]
+    confused = COLUMN_OF_LABEL[LABEL_OF[CONFUSED_WITH[EMOTIONS[label]]]]
+    others = [COLUMN_OF_LABEL[o] for o in range(len(EMOTIONS)) if o != label]
+    others.remove(confused)
+    agreement = rng.uniform(*ANNOTATOR_AGREEMENT)
+    shares = np.zeros(len(VOTE_COLUMNS))
+    shares[true] = agreement
+    shares[confused] = (1 - agreement) * MISSED_VOTES["confused"]
+    for column in ("unknown", "contempt", "NF"):
+        shares[VOTE_COLUMNS.index(column)] = (1 - agreement) * MISSED_VOTES[column]
+    shares[others] = (1 - agreement) * MISSED_VOTES["others"] / len(others)
+    votes = rng.multinomial(ANNOTATORS, shares)
+    rivals = np.array([column for column in range(len(VOTE_COLUMNS)) if column != true])
+    while votes[rivals].max() >= votes[true]:  # one vote at a time from the leading rival
+        votes[rivals[np.argmax(votes[rivals])]] -= 1
+        votes[true] += 1
+    return votes
 
 
 @dataclass(frozen=True)
@@ -316,7 +367,8 @@ def make_demo(cfg: DemoConfig, out_dir: Path) -> dict:
     """Write the demo world into out_dir, replacing it as a whole, and return its summary.
 
     Layout: photos/<emotion>/<emotion>_NNNN.jpg, manifest.csv (the collect stage's input),
-    ground_truth.csv (one row per drawn face), fer2013.csv (Kaggle format), summary.json.
+    ground_truth.csv (one row per drawn face), fer2013.csv (Kaggle format), fer2013new.csv (its
+    FER+ votes), summary.json.
     An interrupted run leaves the previous out_dir, or none.
     """
     manifest, truth = [], []
@@ -326,7 +378,7 @@ def make_demo(cfg: DemoConfig, out_dir: Path) -> dict:
             listed, faces = _write_photo(cfg, photo, root)
             manifest.append(listed)
             truth += faces
-        _write_fer(cfg, root / "fer2013.csv")
+        mislabelled = _write_fer(cfg, root)
         _write_csv(root / "manifest.csv", MANIFEST_COLUMNS, manifest)
         _write_csv(root / "ground_truth.csv", TRUTH_COLUMNS, truth)
         summary = {
@@ -335,7 +387,8 @@ def make_demo(cfg: DemoConfig, out_dir: Path) -> dict:
             "faces": len(truth),
             "background_faces": sum(row["background"] for row in truth),
             "occluded_faces": sum(row["occluded"] for row in truth),
-            "fer2013": fer_counts(cfg),
+            "fer2013": fer_counts(cfg),  # by true emotion
+            "fer2013_mislabelled": mislabelled,
         }
         (root / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     return summary

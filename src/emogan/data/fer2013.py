@@ -56,6 +56,9 @@ class FerImages:
     names: tuple[str, ...]  # file stem for the row: fer-<CSV line number or file number>
     origins: tuple[str, ...]  # where the row came from: fer2013:line:17, fer2013:train/x/y.png
     skipped: int  # rows whose Usage is in neither train_usage nor test_usage
+    # 0-based position of each row among the CSV's data rows (FER+ votes join by it); None for
+    # folders, which have no row order
+    rows: np.ndarray | None
 
 
 def read_fer2013(cfg: Fer2013Config) -> FerImages:
@@ -95,6 +98,7 @@ def _read_csv(path: Path, split_of_usage: dict[str, str]) -> FerImages:
         names=tuple(f"fer-{line:06d}" for line in rows.lines[kept].tolist()),
         origins=tuple(f"fer2013:line:{line}" for line in rows.lines[kept].tolist()),
         skipped=len(splits) - len(kept),
+        rows=kept,
     )
 
 
@@ -251,6 +255,7 @@ def _read_folders(root: Path) -> FerImages:
         names=tuple(f"fer-{number:06d}" for number in range(1, len(files) + 1)),
         origins=tuple(f"fer2013:{relative.as_posix()}" for _, _, relative in files),
         skipped=0,
+        rows=None,
     )
 
 

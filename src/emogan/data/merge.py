@@ -2,9 +2,10 @@
 
 Every image is converted as the thesis did (OpenCV resize, then cvtColor to gray, or kept RGB
 with `merge.channels: 3`) and written as `<split>/<emotion>/<name>.png` with an `index.csv`.
-FER2013 keeps its own split (Usage). A reviewed crop goes to test when a hash of its crop_id
-falls below custom_test_fraction: the split of a crop depends on nothing else, so adding crops
-never moves existing ones between train and test.
+FER2013 keeps its own split (Usage); its labels are first replaced, or its faces dropped, per
+the FER+ votes (fer2013.ferplus_mode, data/ferplus.py). A reviewed crop goes to test when a hash
+of its crop_id falls below custom_test_fraction: the split of a crop depends on nothing else, so
+adding crops never moves existing ones between train and test.
 """
 
 import csv
@@ -25,11 +26,16 @@ from tqdm import tqdm
 from emogan import atomic
 from emogan.config import Fer2013Config, MergeConfig
 from emogan.data.fer2013 import FerImages, read_fer2013
+from emogan.data.ferplus import FerPlusLabels, ferplus_labels, ferplus_metrics
 from emogan.data.images import read_rgb
 from emogan.emotions import EMOTIONS, LABEL_OF
 from emogan.errors import EmoganError
 
 INDEX_COLUMNS = ("path", "label", "emotion", "source", "split", "origin")
+# Written only when the classifier is to train on soft labels (ferplus_mode probability): each
+# image's share per emotion; custom crops and FER rows without shares are one-hot.
+SOFT_LABELS_FILE = "soft_labels.csv"
+SOFT_LABEL_COLUMNS = ("path", *EMOTIONS)
 REVIEWED_COLUMNS = ("crop_id", "path", "emotion", "label")  # the columns merge reads
 SPLITS = ("train", "test")
 SOURCES = ("fer2013", "custom")
@@ -48,6 +54,7 @@ class Sample:
     split: str  # train | test
     origin: str  # fer2013:line:17, fer2013:train/happy/x.png, or the crop_id
     image: np.ndarray | Path  # gray H x W pixels, or an RGB crop file read when it is written
+    shares: tuple[float, ...] | None = None  # FER+ vote share per emotion (probability mode)
 
     @property
     def emotion(self) -> str:
@@ -64,26 +71,47 @@ def merge_dataset(
 ) -> dict:
     """Write out_dir (images + index.csv, replaced as a whole) and the class counts to
     metrics_path; return the counts. On bad input out_dir is left as it was."""
-    samples, fer_skipped = fer2013_samples(fer)
+    fer_faces = fer2013_samples(fer)
+    samples = list(fer_faces.samples)
     if cfg.include_custom:
         samples += _custom_samples(Path(reviewed_dir), cfg.custom_test_fraction)
     samples.sort(key=lambda sample: sample.path)
     with atomic.atomic_path(Path(out_dir)) as work:
         _write_images(samples, work, image_size, cfg.channels)
         (work / "index.csv").write_text(_index_csv(samples), encoding="utf-8")
-    metrics = _metrics(samples, fer_skipped, image_size, cfg.channels)
+        if any(sample.shares is not None for sample in samples):
+            (work / SOFT_LABELS_FILE).write_text(_soft_labels_csv(samples), encoding="utf-8")
+    metrics = _metrics(samples, fer_faces.skipped, image_size, cfg.channels) | {
+        "ferplus": fer_faces.ferplus
+    }
     atomic.write_json(Path(metrics_path), metrics)
     return metrics
 
 
-def fer2013_samples(fer: Fer2013Config) -> tuple[list[Sample], int]:
-    """FER2013's faces with the labels merge files them under, and the count of rows in neither
-    split. The crop judge trains on these too: one reader, so both see the same labels."""
+@dataclass(frozen=True)
+class FerSamples:
+    """FER2013's faces as merge files them, after FER+ (fer2013.ferplus_mode)."""
+
+    samples: list[Sample]
+    skipped: int  # rows whose Usage is in neither train_usage nor test_usage
+    ferplus: dict  # what FER+ relabelled and dropped, per FER2013 class (metrics/dataset.json)
+
+
+def fer2013_samples(fer: Fer2013Config) -> FerSamples:
+    """FER2013's faces with the labels merge files them under. The crop judge trains on these
+    too: one reader, so both see the same labels."""
     fer_images = read_fer2013(fer)
-    return _fer_samples(fer_images), fer_images.skipped
+    ferplus = ferplus_labels(fer, fer_images)
+    return FerSamples(
+        samples=_fer_samples(fer_images, ferplus),
+        skipped=fer_images.skipped,
+        ferplus=ferplus_metrics(fer.ferplus_mode, fer_images.labels, ferplus),
+    )
 
 
-def _fer_samples(fer: FerImages) -> list[Sample]:
+def _fer_samples(fer: FerImages, ferplus: FerPlusLabels) -> list[Sample]:
+    """One sample per FER2013 row FER+ keeps, in the label it gives."""
+    shares = [None] * len(fer.labels) if ferplus.shares is None else ferplus.shares.tolist()
     return [
         Sample(
             path=f"{split}/{EMOTIONS[label]}/{name}.png",
@@ -92,10 +120,18 @@ def _fer_samples(fer: FerImages) -> list[Sample]:
             split=split,
             origin=origin,
             image=image,
+            shares=None if row_shares is None else tuple(row_shares),
         )
-        for image, label, split, name, origin in zip(
-            fer.images, fer.labels.tolist(), fer.splits, fer.names, fer.origins, strict=True
+        for image, label, split, name, origin, row_shares in zip(
+            fer.images,
+            ferplus.labels.tolist(),
+            fer.splits,
+            fer.names,
+            fer.origins,
+            shares,
+            strict=True,
         )
+        if label >= 0
     ]
 
 
@@ -204,6 +240,16 @@ def _index_csv(samples: list[Sample]) -> str:
     writer.writerow(INDEX_COLUMNS)
     for s in samples:
         writer.writerow((s.path, s.label, s.emotion, s.source, s.split, s.origin))
+    return text.getvalue()
+
+
+def _soft_labels_csv(samples: list[Sample]) -> str:
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(SOFT_LABEL_COLUMNS)
+    for s in samples:
+        shares = s.shares or tuple(float(label == s.label) for label in range(len(EMOTIONS)))
+        writer.writerow((s.path, *(f"{share:.6g}" for share in shares)))
     return text.getvalue()
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from emogan.data.merge import SOURCES
+from emogan.data.merge import SOFT_LABEL_COLUMNS, SOFT_LABELS_FILE, SOURCES
 from emogan.emotions import EMOTIONS
 from emogan.errors import EmoganError
 
@@ -21,9 +21,12 @@ class Dataset:
     images: torch.Tensor  # N x C x H x W in [-1, 1], on the training device
     labels: torch.Tensor  # N, int64
     sources: torch.Tensor  # N, int64: where each face came from, an index into SOURCES
+    # N x 7 float: each face's share per emotion (FER+ probability mode); None: the labels alone
+    soft_labels: torch.Tensor | None = None
 
     def subset(self, index: torch.Tensor) -> "Dataset":
-        return Dataset(self.images[index], self.labels[index], self.sources[index])
+        soft = None if self.soft_labels is None else self.soft_labels[index]
+        return Dataset(self.images[index], self.labels[index], self.sources[index], soft)
 
 
 def load_split(data_dir: Path, split: str, device: torch.device) -> Dataset:
@@ -42,7 +45,28 @@ def load_split(data_dir: Path, split: str, device: torch.device) -> Dataset:
     images = from_pixels(torch.from_numpy(pixels).permute(0, 3, 1, 2))
     labels = torch.tensor([int(row["label"]) for row in rows])
     sources = torch.tensor([_source_of(row, index) for row in rows])
-    return Dataset(images.to(device), labels.to(device), sources.to(device))
+    soft = _soft_labels(Path(data_dir) / SOFT_LABELS_FILE, [row["path"] for row in rows])
+    return Dataset(
+        images.to(device),
+        labels.to(device),
+        sources.to(device),
+        None if soft is None else soft.to(device),
+    )
+
+
+def _soft_labels(path: Path, image_paths: list[str]) -> torch.Tensor | None:
+    """The soft labels of image_paths from the merge stage's soft-label file, if it wrote one."""
+    if not path.is_file():
+        return None
+    with path.open(newline="", encoding="utf-8") as handle:
+        reader = csv.reader(handle)
+        if tuple(next(reader, ())) != SOFT_LABEL_COLUMNS:
+            raise EmoganError(f"{path} line 1: not {','.join(SOFT_LABEL_COLUMNS)} (rerun merge)")
+        shares = {row[0]: [float(share) for share in row[1:]] for row in reader}
+    missing = [image for image in image_paths if image not in shares]
+    if missing:
+        raise EmoganError(f"{path}: no row for {missing[0]} (rerun the merge stage)")
+    return torch.tensor([shares[image] for image in image_paths])
 
 
 def _source_of(row: dict[str, str], index: Path) -> int:
