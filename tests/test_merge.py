@@ -86,6 +86,7 @@ def run_merge(tmp_path: Path, name: str = "processed", **merge: object) -> tuple
     if not fer_csv.exists():
         small_fer_csv(fer_csv)
     size = merge.pop("image_size", 48)
+    merge.setdefault("duplicates", "keep")  # crops() are all one colour: near-duplicates
     out_dir = tmp_path / name
     metrics = merge_dataset(
         Fer2013Config(path=fer_csv),
@@ -304,7 +305,7 @@ def test_merge_is_byte_identical_across_runs(tmp_path):
     first, _ = run_merge(tmp_path, "a")
     second, _ = run_merge(tmp_path, "b")
     files = sorted(p.relative_to(first) for p in first.rglob("*") if p.is_file())
-    assert len(files) == len(SMALL_ROWS) + 3 + 1  # images + index.csv
+    assert len(files) == len(SMALL_ROWS) + 3 + 2  # images + index.csv + duplicates.csv
     assert all((first / f).read_bytes() == (second / f).read_bytes() for f in files)
     assert (tmp_path / "a.json").read_bytes() == (tmp_path / "b.json").read_bytes()
 

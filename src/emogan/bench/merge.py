@@ -1,7 +1,9 @@
 """Benchmark of the merge stage on a full-size FER2013 CSV (35,887 rows, ~290 MB).
 
 The CSV is synthetic (smooth random images) but has FER2013's real class counts, usage split,
-row order and file size, which is all the parser and writer care about.
+row order and file size, which is all the parser and writer care about. Some rows are planted
+near-duplicates of others (emogan.data.planted), so the merge's duplicate detection is measured
+at full size too.
 """
 
 import time
@@ -10,20 +12,24 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from emogan.bench.duplicates import recall_precision
 from emogan.config import Fer2013Config, MergeConfig
 from emogan.data.fer2013 import FER2013_COUNTS, FER_SIZE, USAGES, read_fer2013
-from emogan.data.merge import merge_dataset
+from emogan.data.merge import DUPLICATES_CSV, merge_dataset
+from emogan.data.planted import ALTERATIONS, alter
 
 FER2013_ROWS = sum(sum(counts) for counts in FER2013_COUNTS.values())  # 35,887
 CHUNK_ROWS = 4096
 COARSE = 6  # random values on a 6x6 grid, enlarged to 48x48: smooth blobs, not pure noise
+PLANTED_SHARE = 0.02  # of the rows: near-duplicates of another row
+FIRST_LINE = 2  # CSV line of the first row, after the header
 
 
 def bench_merge(work_dir: Path, rows: int = FER2013_ROWS, seed: int = 0) -> dict:
     """Write work_dir/fer2013.csv, then time reading it alone and the whole merge stage."""
     work_dir = Path(work_dir)
     csv_path = work_dir / "fer2013.csv"
-    write_fer2013_csv(csv_path, rows, seed)
+    planted = write_fer2013_csv(csv_path, rows, seed)
     fer = Fer2013Config(path=csv_path)
     start = time.perf_counter()
     read_fer2013(fer)
@@ -38,30 +44,39 @@ def bench_merge(work_dir: Path, rows: int = FER2013_ROWS, seed: int = 0) -> dict
         metrics_path=work_dir / "dataset.json",
     )
     total_s = time.perf_counter() - start
+    found = recall_precision(work_dir / "processed" / DUPLICATES_CSV, planted)
     return {
         "rows": rows,
         "csv_mb": round(csv_path.stat().st_size / 1e6, 1),
         "parse_s": round(parse_s, 2),
         "total_s": round(total_s, 2),
         "images_written": metrics["all"]["all"]["total"],
+        "duplicates": found | {"dropped": metrics["duplicates"]["dropped"]["total"]},
     }
 
 
-def write_fer2013_csv(path: Path, rows: int, seed: int) -> None:
-    """A Kaggle-format CSV of `rows` rows spread evenly over FER2013's real row list."""
+def write_fer2013_csv(path: Path, rows: int, seed: int) -> set[frozenset[str]]:
+    """A Kaggle-format CSV of `rows` rows spread evenly over FER2013's real row list, a
+    PLANTED_SHARE of them near-duplicates of another row; return the planted pairs of origins
+    (fer2013:line:N)."""
     labels, usages = _fer2013_row_list(seed)
     picked = np.arange(rows) * len(labels) // rows
     rng = np.random.default_rng(seed)
+    faces = _smooth_faces(rng, rows)
+    copies = rng.permutation(rows)[: int(rows * PLANTED_SHARE) * 2].reshape(-1, 2)
+    for k, (source, copy) in enumerate(copies.tolist()):
+        faces[copy] = alter(faces[source], ALTERATIONS[k % len(ALTERATIONS)], rng)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("wb") as handle:
         handle.write(b"emotion,pixels,Usage\n")
         for start in range(0, rows, CHUNK_ROWS):
             chunk = picked[start : start + CHUNK_ROWS]
-            texts = _pixel_texts(_smooth_faces(rng, len(chunk)))
+            texts = _pixel_texts(faces[start : start + CHUNK_ROWS])
             handle.writelines(
                 b"%d,%s,%s\n" % (labels[i], text, usages[i].encode())
                 for i, text in zip(chunk.tolist(), texts, strict=True)
             )
+    return {frozenset(f"fer2013:line:{row + FIRST_LINE}" for row in pair) for pair in copies}
 
 
 def _fer2013_row_list(seed: int) -> tuple[np.ndarray, list[str]]:
