@@ -6,12 +6,22 @@ from collections import Counter
 from pathlib import Path
 
 import cv2
+import matplotlib.cbook
 import numpy as np
 import pytest
 from PIL import Image
 
 from emogan.bench.merge import _smooth_faces
-from emogan.config import ConfigError, DemoConfig, Fer2013Config, MergeConfig, parse_params
+from emogan.config import (
+    ConfigError,
+    DemoConfig,
+    Fer2013Config,
+    MergeConfig,
+    load_params,
+    parse_params,
+)
+from emogan.data.collect import collect_images
+from emogan.data.crop import crop_faces, read_crops
 from emogan.data.demo import PLANTED_CSV, make_demo
 from emogan.data.duplicates import (
     DUPLICATE_COLUMNS,
@@ -22,6 +32,9 @@ from emogan.data.duplicates import (
 from emogan.data.fer2013 import read_fer2013
 from emogan.data.merge import DUPLICATES_CSV, convert, custom_split, merge_dataset
 from emogan.data.planted import ALTERATIONS, alter
+from emogan.emotions import LABEL_OF
+
+ROOT = Path(__file__).resolve().parents[1]
 
 DISTANCE = MergeConfig().duplicate_distance
 
@@ -227,3 +240,48 @@ def test_crowds_of_look_alikes_are_listed_not_dropped(tmp_path: Path) -> None:
     assert [(row["crowd"], row["dropped"]) for row in rows] == [("1", "0")] * 10
     assert metrics["duplicates"]["crowds"] == 1 and metrics["duplicates"]["groups"] == 0
     assert metrics["test"]["all"]["total"] == 5
+
+
+# --- custom crops, through the real collect and crop stages ----------------------------------
+
+
+def test_a_photo_found_twice_and_in_fer2013_is_one_group(tmp_path: Path) -> None:
+    """A portrait at two sizes (85 %), re-encoded, both cropped by MTCNN and aligned, and the first
+    crop's face as a FER2013 row (48 px gray): one group spanning both sources."""
+    hopper = Image.open(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
+    photos = tmp_path / "photos" / "happy"
+    photos.mkdir(parents=True)
+    hopper.save(photos / "hopper.jpg", quality=92)
+    hopper.resize((435, 510), Image.Resampling.LANCZOS).save(photos / "small.jpg", quality=80)
+    params = load_params(ROOT / "params.yaml")
+    collect = params.collect.model_copy(update={"from_dir": photos.parent, "manifest": None})
+    collect_images(collect, tmp_path / "raw", tmp_path / "collect.json")
+    crops_dir = tmp_path / "crops"
+    crop = params.crop.model_copy(update={"device": "cpu"})
+    crop_faces(crop, tmp_path / "raw", crops_dir, tmp_path / "crop.json")
+    crops = read_crops(crops_dir)
+    assert len(crops) == 2
+    (crops_dir / "reviewed.csv").write_text(
+        "crop_id,path,emotion,label\n"
+        + "".join(f"{c.crop_id},{c.path},happy,{LABEL_OF['happy']}\n" for c in crops),
+        encoding="utf-8",
+    )
+    gray = convert(np.asarray(Image.open(crops_dir / crops[0].path)), 48, 1)
+    (tmp_path / "fer.csv").write_text(
+        "emotion,pixels,Usage\n"
+        + f"3,{' '.join(map(str, gray.ravel().tolist()))},PublicTest\n"
+        + "".join(f"3,{' '.join(map(str, f.ravel().tolist()))},Training\n" for f in faces(20)),
+        encoding="utf-8",
+    )
+    merge_dataset(
+        Fer2013Config(path=tmp_path / "fer.csv"),
+        MergeConfig(duplicates="keep"),
+        image_size=32,
+        reviewed_dir=crops_dir,
+        out_dir=tmp_path / "processed",
+        metrics_path=tmp_path / "dataset.json",
+    )
+    with (tmp_path / "processed" / DUPLICATES_CSV).open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert {row["group"] for row in rows} == {"1"}
+    assert {row["origin"] for row in rows} == {"fer2013:line:2", *(c.crop_id for c in crops)}
