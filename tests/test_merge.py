@@ -341,7 +341,9 @@ def test_duplicate_crop_ids_are_refused(tmp_path):
 
 def test_bench_merge_writes_fer2013_shaped_csv(tmp_path):
     result = bench_merge(tmp_path, rows=300)
-    assert result["rows"] == result["images_written"] == 300
+    assert result["images_written"] + result["duplicates"]["dropped"] == result["rows"] == 300
+    assert result["duplicates"]["planted_pairs"] == 6  # 2 % of the rows
+    assert result["duplicates"]["recall"] == 1.0
     fer = read_fer2013(Fer2013Config(path=tmp_path / "fer2013.csv"))
     assert fer.splits.count("train") == 240  # 28,709 of 35,887 rows are Training
     assert set(fer.labels.tolist()) == set(range(7))
