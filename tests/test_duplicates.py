@@ -144,8 +144,7 @@ def test_groups_span_splits_and_sources_and_keep_drops_nothing(tmp_path: Path) -
     assert {row["dropped"] for row in duplicates} == {"0"}
     assert all(int(row["distance"]) <= DISTANCE for row in duplicates)
     assert metrics["duplicates"] == {
-        "policy": "keep", "max_distance": DISTANCE, "max_group": 8, "groups": 3,
-        "faces_in_groups": 6, "crowds": 0, "faces_in_crowds": 0,
+        "groups": 3, "faces_in_groups": 6, "crowds": 0, "faces_in_crowds": 0,
         "groups_within_one_split": 2, "groups_across_splits": 1, "groups_across_sources": 1,
         "dropped": {"train": {"fer2013": 0, "custom": 0, "total": 0},
                     "test": {"fer2013": 0, "custom": 0, "total": 0}, "total": 0},

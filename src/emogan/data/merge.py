@@ -264,9 +264,6 @@ def _duplicate_metrics(
     spans = [({samples[i].split for i in g}, {samples[i].source for i in g}) for g in copies]
     left_out = Counter((samples[i].split, samples[i].source) for i in dropped)
     return {
-        "policy": cfg.duplicates,
-        "max_distance": cfg.duplicate_distance,
-        "max_group": cfg.duplicate_max_group,
         "groups": len(copies),
         "faces_in_groups": sum(len(g) for g in copies),
         "crowds": len(groups.members) - len(copies),
