@@ -9,7 +9,7 @@ from emogan.bench.learning import bench_learning
 from emogan.bench.template import bench_template
 from emogan.bench.train import THESIS_ITERATIONS, bench_train
 from emogan.config import AlignTemplate, DemoConfig, Fer2013Config
-from emogan.data.demo import _write_fer, fer_counts
+from emogan.data.demo import _fer_rows, _write_fer, fer_counts
 from emogan.emotions import EMOTIONS
 
 
@@ -46,9 +46,11 @@ def test_bench_learning_scores_every_step_and_writes_grids(tmp_path: Path) -> No
 
 
 def test_bench_template_finds_the_default_template_on_the_demo_faces(tmp_path: Path) -> None:
-    # Without planted label noise, so that the faces per written label are fer_counts'.
-    cfg = DemoConfig(fer_train_per_emotion=40, fer_test_per_emotion=2, fer_label_noise=0.0)
-    _write_fer(cfg, tmp_path)
+    # Without planted label noise or copies, so that the faces per written label are fer_counts'.
+    cfg = DemoConfig(
+        fer_train_per_emotion=40, fer_test_per_emotion=2, fer_label_noise=0.0, planted_duplicates=0
+    )
+    _write_fer(cfg, _fer_rows(cfg), tmp_path)
     report = bench_template(Fer2013Config(path=tmp_path / "fer2013.csv"), per_emotion=6)
     assert report["faces"] == 7 * 6 - (6 - fer_counts(cfg)["disgust"]["Training"])
     assert report["found"] >= 0.8 * report["faces"]

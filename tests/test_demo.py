@@ -24,7 +24,11 @@ from emogan.data.merge import merge_dataset
 from emogan.emotions import EMOTIONS, LABEL_OF
 
 SMALL = DemoConfig(
-    photos_per_emotion=2, faceless_photos=3, fer_train_per_emotion=20, fer_test_per_emotion=4
+    photos_per_emotion=2,
+    faceless_photos=3,
+    fer_train_per_emotion=20,
+    fer_test_per_emotion=4,
+    planted_duplicates=0,  # tests/test_duplicates.py plants them
 )
 
 
@@ -72,6 +76,7 @@ def test_items_do_not_depend_on_how_many_there_are(small_demo: Path, tmp_path: P
 def test_layout_and_manifest(small_demo: Path) -> None:
     assert {p.name for p in small_demo.iterdir()} == {
         "photos", "manifest.csv", "ground_truth.csv", "fer2013.csv", FERPLUS_FILE, "summary.json",
+        "planted_duplicates.csv",
     }  # fmt: skip
     with (small_demo / "manifest.csv").open(encoding="utf-8") as handle:
         assert handle.readline().strip() == ",".join(MANIFEST_COLUMNS)

@@ -86,6 +86,7 @@ def run_merge(tmp_path: Path, name: str = "processed", **merge: object) -> tuple
     if not fer_csv.exists():
         small_fer_csv(fer_csv)
     size = merge.pop("image_size", 48)
+    merge.setdefault("duplicates", "keep")  # crops() are all one colour: near-duplicates
     out_dir = tmp_path / name
     metrics = merge_dataset(
         Fer2013Config(path=fer_csv, ferplus_mode="original"),  # FER+ in test_ferplus.py
@@ -306,7 +307,7 @@ def test_merge_is_byte_identical_across_runs(tmp_path):
     first, _ = run_merge(tmp_path, "a")
     second, _ = run_merge(tmp_path, "b")
     files = sorted(p.relative_to(first) for p in first.rglob("*") if p.is_file())
-    assert len(files) == len(SMALL_ROWS) + 3 + 1  # images + index.csv
+    assert len(files) == len(SMALL_ROWS) + 3 + 2  # images + index.csv + duplicates.csv
     assert all((first / f).read_bytes() == (second / f).read_bytes() for f in files)
     assert (tmp_path / "a.json").read_bytes() == (tmp_path / "b.json").read_bytes()
 
@@ -344,7 +345,11 @@ def test_bench_merge_writes_fer2013_shaped_csv(tmp_path):
     result = bench_merge(tmp_path, rows=300)
     dropped = json.loads((tmp_path / "dataset.json").read_text())["ferplus"]["dropped"]
     assert result["rows"] == 300 and 0 < dropped["all"]["no_majority"] < 300 * 0.2
-    assert result["images_written"] == 300 - dropped["all"]["total"]
+    written = result["images_written"] + result["duplicates"]["dropped"]
+    assert written == 300 - dropped["all"]["total"]
+    # 2 % of the rows are planted copies; a pair FER+ broke up cannot be found
+    assert 0 < result["duplicates"]["planted_pairs"] <= 6
+    assert result["duplicates"]["recall"] == 1.0
     fer = read_fer2013(Fer2013Config(path=tmp_path / "fer2013.csv"))
     assert fer.splits.count("train") == 240  # 28,709 of 35,887 rows are Training
     assert set(fer.labels.tolist()) == set(range(7))

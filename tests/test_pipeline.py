@@ -11,6 +11,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
+from emogan.data.merge import SPLITS
 from emogan.tracking import flatten_params
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -19,6 +20,7 @@ SMALL_DEMO = {
     "faceless_photos": 2,
     "fer_train_per_emotion": 12,
     "fer_test_per_emotion": 4,
+    "planted_duplicates": 8,  # 8 FER rows, 2 web photos of FER faces, 2 scene photos relisted
 }
 # Seconds of training, not minutes: the point is the pipeline, not the faces.
 SMALL_TRAIN = {
@@ -109,7 +111,10 @@ def test_repro_builds_the_pipeline_and_a_second_repro_does_nothing(project: Path
 
     manifest = (project / "data/demo/manifest.csv").read_text().splitlines()
     photos = len(manifest) - 1
-    assert photos == 7 * SMALL_DEMO["photos_per_emotion"] + SMALL_DEMO["faceless_photos"]
+    planted_photos = 2 * (SMALL_DEMO["planted_duplicates"] // 4)
+    assert photos == 7 * SMALL_DEMO["photos_per_emotion"] + SMALL_DEMO["faceless_photos"] + (
+        planted_photos
+    )
     collected = _metrics(project, "collect")
     assert collected["ok"] == photos == len(list((project / "data/raw/images").rglob("*.*")))
     cropped = _metrics(project, "crop")
@@ -119,7 +124,9 @@ def test_repro_builds_the_pipeline_and_a_second_repro_does_nothing(project: Path
     assert reviewed["relabelled"] == simulated["relabel"]
     assert reviewed["kept"] + reviewed["relabelled"] == cropped["faces"] - simulated["drop"]
     dataset = _metrics(project, "dataset")
-    assert dataset["all"]["custom"]["total"] == reviewed["kept"] + reviewed["relabelled"]
+    dropped = dataset["duplicates"]["dropped"]
+    merged_custom = dataset["all"]["custom"]["total"] + sum(dropped[s]["custom"] for s in SPLITS)
+    assert merged_custom == reviewed["kept"] + reviewed["relabelled"]
     index = (project / "data/processed/index.csv").read_text().splitlines()
     assert len(index) - 1 == dataset["all"]["all"]["total"]
     trained = _metrics(project, "train")

@@ -455,6 +455,18 @@ def bench_merge(work_dir: Path, rows: int) -> None:
     _report(run_bench(work_dir, rows))
 
 
+@bench.command("duplicates")
+@path_option("--demo", "The demo world, with planted_duplicates.csv.", default="data/demo")
+@path_option("--raw", "The collect stage's output folder.", default="data/raw")
+@path_option("--crops", "The crop stage's output folder.", default="data/interim/crops")
+@path_option("--processed", "The merge stage's output folder.", default="data/processed")
+def bench_duplicates(demo: Path, raw: Path, crops: Path, processed: Path) -> None:
+    """Recall and precision of the merge's near-duplicate groups against the planted ones."""
+    from emogan.bench.duplicates import bench_duplicates as run_bench
+
+    _report(run_bench(demo, raw, crops, processed))
+
+
 @bench.command("learning")
 @path_option("--data", "The merge stage's output folder.", default="data/processed")
 @click.option(

@@ -75,6 +75,10 @@ class DemoConfig(Section):
     # share of FER-format rows written with a wrong label (the face keeps its true emotion), as
     # FER2013 is mislabelled; the FER+ votes beside it are drawn around the true emotion
     fer_label_noise: Float = Field(0.05, ge=0.0, le=1.0)
+    # planted near-duplicates, so duplicate detection can be measured: this many FER2013 rows
+    # that copy another row (half of them into another Usage), and a quarter as many each of
+    # close-up web photos of a FER face and scene photos listed again at another size
+    planted_duplicates: Int = Field(24, ge=0)
 
 
 class SearchConfig(Section):
@@ -184,6 +188,14 @@ class MergeConfig(Section):
     include_custom: Bool = True
     custom_test_fraction: Float = Field(0.15, ge=0.0, lt=1.0)  # reviewed crops held out for test
     channels: Literal[1, 3] = 1
+    # near-duplicate faces (data/processed/duplicates.csv): keep them all; drop_cross_split: leave
+    # out every test face with a near-duplicate in train; drop_all: keep one face per group
+    duplicates: Literal["keep", "drop_cross_split", "drop_all"] = "drop_cross_split"
+    # most differing bits of the 256-bit hashes of two near-duplicates (BENCHMARKS.md)
+    duplicate_distance: Int = Field(30, ge=0, le=256)
+    # a larger group is a chain of look-alikes (as the demo's drawn studio faces), not copies of
+    # one picture: listed as a crowd, never dropped
+    duplicate_max_group: Int = Field(8, ge=2)
 
 
 class ModelConfig(Section):

@@ -4,7 +4,9 @@ It stands in for photos collected from the web by emotion keyword (scene photos 
 several sizes, some showing another emotion than their folder, some with no face at all) and for
 FER2013 (48x48 grayscale faces in the Kaggle CSV format with FER2013's class imbalance, a share
 of them mislabelled, and FER+ votes for every row drawn around the face's true emotion), so the
-whole pipeline runs offline and its evaluation numbers mean something.
+whole pipeline runs offline and its evaluation numbers mean something. It plants near-duplicates
+(planted_duplicates.csv): FER2013 rows copied into other rows, web photos that are an enlarged
+FER2013 face (FER2013 was itself collected by web image search), and scene photos listed twice.
 
 Every item draws from its own generator seeded by (seed, kind, item), so items are independent
 of each other and the same seed gives byte-identical files.
@@ -15,6 +17,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -27,12 +30,20 @@ from emogan.config import DemoConfig
 from emogan.data.drawn_faces import FaceLook, draw_face, face_box, random_look
 from emogan.data.fer2013 import FER2013_COUNTS
 from emogan.data.ferplus import COLUMN_OF_LABEL, HEADER, VOTE_COLUMNS
+from emogan.data.planted import ALTERATIONS, alter
 from emogan.emotions import EMOTIONS, LABEL_OF
 
 MANIFEST_COLUMNS = ("url_or_path", "emotion", "license", "creator", "source", "keyword")
 TRUTH_COLUMNS = ("photo", "photo_emotion", "face", "emotion", "background",
                  "x1", "y1", "x2", "y2", "occluded", "rotation", "hair_style")  # fmt: skip
 FER_USAGES = ("Training", "PublicTest", "PrivateTest")
+# One row per planted near-duplicate. copy and original are FER rows (fer2013:line:N, as
+# data/processed/index.csv's origin) or drawn faces (<photo>#<face>, as ground_truth.csv's).
+PLANTED_COLUMNS = ("copy", "original", "alteration")
+PLANTED_CSV = "planted_duplicates.csv"
+FER_FIRST_LINE = 2  # CSV line of the first FER row, after the header
+WEB_PHOTO_SCALE, WEB_PHOTO_BORDER = 4, 64  # a FER face enlarged 4x, edges extended by 64 px
+RELISTED_SCALE, RELISTED_QUALITY = 0.75, 80  # a scene photo listed again, smaller, re-encoded
 # FER2013's real Training counts; the demo keeps their proportions (disgust rare, happy common).
 KEYWORD_ADJECTIVES = {"angry": "angry", "disgust": "disgusted", "fear": "scared", "happy": "happy",
                       "sad": "sad", "surprise": "surprised", "neutral": "neutral"}  # fmt: skip
@@ -60,7 +71,7 @@ CONFUSED_WITH = {"angry": "disgust", "disgust": "angry", "fear": "surprise", "ha
 MISSED_VOTES = {"confused": 0.5, "unknown": 0.15, "contempt": 0.08, "NF": 0.02, "others": 0.25}
 
 # Generator streams: one per kind of item.
-PHOTO, FACELESS, FER_FACE, FER_ORDER, FER_VOTES = range(1, 6)
+PHOTO, FACELESS, FER_FACE, FER_ORDER, FER_VOTES, PLANTED = range(1, 7)
 
 
 @dataclass(frozen=True)
@@ -248,30 +259,53 @@ def fer_counts(cfg: DemoConfig) -> dict[str, dict[str, int]]:
     return counts
 
 
-def _fer_rows(cfg: DemoConfig) -> list[tuple[int, str, int, int]]:
-    """(label, usage, usage index, item) in file order: by usage, labels shuffled within one."""
+def _fer_rows(cfg: DemoConfig) -> list[tuple[int, str, int, int, str]]:
+    """(label, usage, usage index, item, alteration) in file order: by usage, labels shuffled
+    within one. A planted copy has the label, usage index and item of the row it copies (so it
+    draws the same face), its own usage and an alteration; the others have alteration ""."""
     counts = fer_counts(cfg)
-    rows = []
+    blocks = []
     for u, usage in enumerate(FER_USAGES):
-        items = [(LABEL_OF[e], usage, u, i) for e in EMOTIONS for i in range(counts[e][usage])]
-        rows += [items[k] for k in _rng(cfg.seed, FER_ORDER, u).permutation(len(items))]
-    return rows
+        items = [(LABEL_OF[e], usage, u, i, "") for e in EMOTIONS for i in range(counts[e][usage])]
+        blocks.append([items[k] for k in _rng(cfg.seed, FER_ORDER, u).permutation(len(items))])
+    originals = [row for block in blocks for row in block]
+    rng = _rng(cfg.seed, PLANTED, FER_FACE)
+    sources = rng.permutation(len(originals))[: cfg.planted_duplicates]
+    for k, source in enumerate(sources.tolist()):
+        label, _, u, i, _ = originals[source]
+        # every other copy goes into another Usage: the leak across splits
+        copy_u = (u + 1 + int(rng.integers(2))) % len(FER_USAGES) if k % 2 == 0 else u
+        block = blocks[copy_u]
+        copy = (label, FER_USAGES[copy_u], u, i, ALTERATIONS[k % len(ALTERATIONS)])
+        block.insert(int(rng.integers(len(block) + 1)), copy)
+    return [row for block in blocks for row in block]
 
 
-def _write_fer(cfg: DemoConfig, root: Path) -> int:
+def _fer_line(rows: list[tuple[int, str, int, int, str]], copy: tuple) -> str:
+    """The origin (fer2013:line:N) of the row `copy` copies, or of `copy` itself if it is none."""
+    label, _, u, i, _ = copy
+    index = rows.index((label, FER_USAGES[u], u, i, ""))
+    return f"fer2013:line:{index + FER_FIRST_LINE}"
+
+
+def _write_fer(cfg: DemoConfig, rows: list[tuple[int, str, int, int, str]], root: Path) -> int:
     """fer2013.csv and its FER+ votes; return how many rows were written with a wrong label."""
     lines, vote_lines = ["emotion,pixels,Usage"], [",".join(HEADER)]
     mislabelled = 0
-    rows = tqdm(_fer_rows(cfg), desc="demo fer2013", unit="face", disable=None)
-    for row, (label, usage, u, i) in enumerate(rows):
-        face = _fer_face(_rng(cfg.seed, FER_FACE, u, label, i), EMOTIONS[label], cfg)
-        rng = _rng(cfg.seed, FER_VOTES, u, label, i)
+    progress = tqdm(rows, desc="demo fer2013", unit="face", disable=None)
+    for row, (label, usage, u, i, alteration) in enumerate(progress):
+        rng = _rng(cfg.seed, FER_FACE, u, label, i)
+        face = _fer_face(rng, EMOTIONS[label], cfg)
+        if alteration:
+            face = alter(face, alteration, rng)
+        votes_rng = _rng(cfg.seed, FER_VOTES, u, label, i)
         written = label
-        if rng.random() < cfg.fer_label_noise:
-            written = int(rng.choice([other for other in LABEL_OF.values() if other != label]))
+        if votes_rng.random() < cfg.fer_label_noise:
+            others = [other for other in LABEL_OF.values() if other != label]
+            written = int(votes_rng.choice(others))
             mislabelled += 1
         lines.append(f"{written},{' '.join(map(str, face.ravel().tolist()))},{usage}")
-        vote_lines.append(ferplus_line(usage, row, ferplus_votes(rng, label)))
+        vote_lines.append(ferplus_line(usage, row, ferplus_votes(votes_rng, label)))
     (root / "fer2013.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
     (root / FERPLUS_FILE).write_text("\n".join(vote_lines) + "\n", encoding="utf-8")
     return mislabelled
@@ -301,6 +335,16 @@ def ferplus_votes(rng: np.random.Generator, label: int) -> np.ndarray:
         votes[rivals[np.argmax(votes[rivals])]] -= 1
         votes[true] += 1
     return votes
+
+
+def _planted_fer(rows: list[tuple[int, str, int, int, str]]) -> list[dict]:
+    """A PLANTED_COLUMNS row per planted FER row."""
+    return [
+        {"copy": f"fer2013:line:{n + FER_FIRST_LINE}", "original": _fer_line(rows, row),
+         "alteration": row[4]}
+        for n, row in enumerate(rows)
+        if row[4]
+    ]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -335,14 +379,77 @@ def _write_photo(cfg: DemoConfig, photo: _Photo, root: Path) -> tuple[dict, list
     rng = _rng(cfg.seed, *photo.stream)
     keyword = f"{KEYWORD_ADJECTIVES[photo.emotion]} {rng.choice(KEYWORD_SUBJECTS)}"
     image, faces = _scene(cfg, rng, photo.emotion, photo.with_faces)
-    ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
-    if not ok:
-        raise RuntimeError(f"OpenCV could not encode {photo.path}")
-    (root / photo.path).parent.mkdir(parents=True, exist_ok=True)
-    (root / photo.path).write_bytes(jpeg.tobytes())
-    listed = {"url_or_path": photo.path, "emotion": photo.emotion, "license": "CC0-1.0",
-              "creator": "emogan demo", "source": "demo", "keyword": keyword}  # fmt: skip
+    _save_jpeg(root, photo.path, image, JPEG_QUALITY)
+    listed = _listed(photo.path, photo.emotion, keyword)
     return listed, [_truth_row(photo, k, face) for k, face in enumerate(faces)]
+
+
+def _save_jpeg(root: Path, path: str, image: np.ndarray, quality: int) -> None:
+    ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise RuntimeError(f"OpenCV could not encode {path}")
+    (root / path).parent.mkdir(parents=True, exist_ok=True)
+    (root / path).write_bytes(jpeg.tobytes())
+
+
+def _listed(path: str, emotion: str, keyword: str) -> dict:
+    """A manifest row."""
+    return {"url_or_path": path, "emotion": emotion, "license": "CC0-1.0",
+            "creator": "emogan demo", "source": "demo", "keyword": keyword}  # fmt: skip
+
+
+def _write_web_photos(
+    cfg: DemoConfig, rows: list[tuple[int, str, int, int, str]], root: Path
+) -> tuple[list[dict], list[dict], list[dict]]:
+    """Close-up photos that are an enlarged FER row's face: manifest, ground-truth and
+    PLANTED_COLUMNS rows. The face fills the FER frame, so the frame is its box."""
+    originals = [row for row in rows if not row[4]]
+    picks = _rng(cfg.seed, PLANTED, PHOTO).permutation(len(originals))
+    listed, truth, planted = [], [], []
+    for k, pick in enumerate(picks[: cfg.planted_duplicates // 4].tolist()):
+        label, _, u, i, _ = originals[pick]
+        emotion = EMOTIONS[label]
+        face = _fer_face(_rng(cfg.seed, FER_FACE, u, label, i), emotion, cfg)
+        side = FER_SIZE * WEB_PHOTO_SCALE
+        enlarged = cv2.resize(face, (side, side), interpolation=cv2.INTER_CUBIC)
+        photo = cv2.copyMakeBorder(enlarged, *[WEB_PHOTO_BORDER] * 4, cv2.BORDER_REPLICATE)
+        path = f"photos/{emotion}/web_{k:04d}.jpg"
+        _save_jpeg(root, path, cv2.cvtColor(photo, cv2.COLOR_GRAY2BGR), JPEG_QUALITY)
+        listed.append(_listed(path, emotion, f"{KEYWORD_ADJECTIVES[emotion]} face"))
+        low, high = WEB_PHOTO_BORDER, WEB_PHOTO_BORDER + side
+        truth.append({
+            "photo": path, "photo_emotion": emotion, "face": 0, "emotion": emotion,
+            "background": False, "x1": low, "y1": low, "x2": high, "y2": high,
+            "occluded": False, "rotation": 0.0, "hair_style": "",
+        })  # fmt: skip
+        original = _fer_line(rows, originals[pick])
+        planted.append({"copy": f"{path}#0", "original": original, "alteration": "web_photo"})
+    return listed, truth, planted
+
+
+def _write_relisted_photos(
+    cfg: DemoConfig, manifest: list[dict], truth: list[dict], root: Path
+) -> tuple[list[dict], list[dict], list[dict]]:
+    """Scene photos listed again, smaller and re-encoded, as keyword searches find the same
+    photo at several sizes: manifest, ground-truth and PLANTED_COLUMNS rows."""
+    with_faces = [row for row in manifest if any(t["photo"] == row["url_or_path"] for t in truth)]
+    picks = _rng(cfg.seed, PLANTED, FACELESS).permutation(len(with_faces))
+    listed, relisted_truth, planted = [], [], []
+    for pick in picks[: cfg.planted_duplicates // 4].tolist():
+        original = with_faces[pick]
+        path = original["url_or_path"].replace(".jpg", "_small.jpg")
+        image = cv2.imread(str(root / original["url_or_path"]))
+        small = cv2.resize(image, None, fx=RELISTED_SCALE, fy=RELISTED_SCALE,
+                           interpolation=cv2.INTER_AREA)  # fmt: skip
+        _save_jpeg(root, path, small, RELISTED_QUALITY)
+        listed.append(original | {"url_or_path": path})
+        for face in (t for t in truth if t["photo"] == original["url_or_path"]):
+            box = {k: round(face[k] * RELISTED_SCALE, 1) for k in ("x1", "y1", "x2", "y2")}
+            relisted_truth.append(face | box | {"photo": path})
+            planted.append({"copy": f"{path}#{face['face']}",
+                            "original": f"{face['photo']}#{face['face']}",
+                            "alteration": "relisted"})  # fmt: skip
+    return listed, relisted_truth, planted
 
 
 def _truth_row(photo: _Photo, index: int, face: DrawnFace) -> dict:
@@ -366,9 +473,10 @@ def _write_csv(path: Path, columns: tuple[str, ...], rows: list[dict]) -> None:
 def make_demo(cfg: DemoConfig, out_dir: Path) -> dict:
     """Write the demo world into out_dir, replacing it as a whole, and return its summary.
 
-    Layout: photos/<emotion>/<emotion>_NNNN.jpg, manifest.csv (the collect stage's input),
-    ground_truth.csv (one row per drawn face), fer2013.csv (Kaggle format), fer2013new.csv (its
-    FER+ votes), summary.json.
+    Layout: photos/<emotion>/<emotion>_NNNN.jpg (and the planted web_NNNN.jpg and
+    <emotion>_NNNN_small.jpg), manifest.csv (the collect stage's input), ground_truth.csv (one
+    row per drawn face), fer2013.csv (Kaggle format), fer2013new.csv (its FER+ votes),
+    planted_duplicates.csv, summary.json.
     An interrupted run leaves the previous out_dir, or none.
     """
     manifest, truth = [], []
@@ -378,9 +486,18 @@ def make_demo(cfg: DemoConfig, out_dir: Path) -> dict:
             listed, faces = _write_photo(cfg, photo, root)
             manifest.append(listed)
             truth += faces
-        mislabelled = _write_fer(cfg, root)
+        fer_rows = _fer_rows(cfg)
+        mislabelled = _write_fer(cfg, fer_rows, root)
+        planted = _planted_fer(fer_rows)
+        web = _write_web_photos(cfg, fer_rows, root)
+        relisted = _write_relisted_photos(cfg, manifest, truth, root)
+        for listed, faces, copies in (web, relisted):
+            manifest += listed
+            truth += faces
+            planted += copies
         _write_csv(root / "manifest.csv", MANIFEST_COLUMNS, manifest)
         _write_csv(root / "ground_truth.csv", TRUTH_COLUMNS, truth)
+        _write_csv(root / PLANTED_CSV, PLANTED_COLUMNS, planted)
         summary = {
             "photos": len(manifest),
             "faceless_photos": cfg.faceless_photos,
@@ -389,6 +506,7 @@ def make_demo(cfg: DemoConfig, out_dir: Path) -> dict:
             "occluded_faces": sum(row["occluded"] for row in truth),
             "fer2013": fer_counts(cfg),  # by true emotion
             "fer2013_mislabelled": mislabelled,
+            "planted_duplicates": Counter(row["alteration"] for row in planted),
         }
         (root / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     return summary

@@ -5,7 +5,8 @@ with `merge.channels: 3`) and written as `<split>/<emotion>/<name>.png` with an 
 FER2013 keeps its own split (Usage); its labels are first replaced, or its faces dropped, per
 the FER+ votes (fer2013.ferplus_mode, data/ferplus.py). A reviewed crop goes to test when a hash
 of its crop_id falls below custom_test_fraction: the split of a crop depends on nothing else, so
-adding crops never moves existing ones between train and test.
+adding crops never moves existing ones between train and test. Near-duplicate faces
+(emogan.data.duplicates) are listed in duplicates.csv and, per merge.duplicates, left out.
 """
 
 import csv
@@ -25,6 +26,16 @@ from tqdm import tqdm
 
 from emogan import atomic
 from emogan.config import Fer2013Config, MergeConfig
+from emogan.data.duplicates import (
+    DUPLICATE_COLUMNS,
+    WORDS,
+    DuplicateGroups,
+    distance,
+    dropped_faces,
+    face_hash,
+    group_near_duplicates,
+    hash_text,
+)
 from emogan.data.fer2013 import FerImages, read_fer2013
 from emogan.data.ferplus import FerPlusLabels, ferplus_labels, ferplus_metrics
 from emogan.data.images import read_rgb
@@ -36,6 +47,7 @@ INDEX_COLUMNS = ("path", "label", "emotion", "source", "split", "origin")
 # image's share per emotion; custom crops and FER rows without shares are one-hot.
 SOFT_LABELS_FILE = "soft_labels.csv"
 SOFT_LABEL_COLUMNS = ("path", *EMOTIONS)
+DUPLICATES_CSV = "duplicates.csv"
 REVIEWED_COLUMNS = ("crop_id", "path", "emotion", "label")  # the columns merge reads
 SPLITS = ("train", "test")
 SOURCES = ("fer2013", "custom")
@@ -76,13 +88,23 @@ def merge_dataset(
     if cfg.include_custom:
         samples += _custom_samples(Path(reviewed_dir), cfg.custom_test_fraction)
     samples.sort(key=lambda sample: sample.path)
+    images, hashes = _convert_all(samples, image_size, cfg.channels)
+    groups = group_near_duplicates(hashes, cfg.duplicate_distance)
+    splits, sources = [s.split for s in samples], [s.source for s in samples]
+    dropped = dropped_faces(groups, splits, sources, cfg.duplicates, cfg.duplicate_max_group)
+    kept = [i for i in range(len(samples)) if i not in dropped]
     with atomic.atomic_path(Path(out_dir)) as work:
-        _write_images(samples, work, image_size, cfg.channels)
-        (work / "index.csv").write_text(_index_csv(samples), encoding="utf-8")
-        if any(sample.shares is not None for sample in samples):
-            (work / SOFT_LABELS_FILE).write_text(_soft_labels_csv(samples), encoding="utf-8")
-    metrics = _metrics(samples, fer_faces.skipped, image_size, cfg.channels) | {
-        "ferplus": fer_faces.ferplus
+        written = [samples[i] for i in kept]
+        _write_images(written, [images[i] for i in kept], work)
+        (work / "index.csv").write_text(_index_csv(written), encoding="utf-8")
+        if any(sample.shares is not None for sample in written):
+            (work / SOFT_LABELS_FILE).write_text(_soft_labels_csv(written), encoding="utf-8")
+        (work / DUPLICATES_CSV).write_text(
+            _duplicates_csv(samples, groups, dropped, cfg.duplicate_max_group), encoding="utf-8"
+        )
+    metrics = _metrics(written, fer_faces.skipped, image_size, cfg.channels) | {
+        "ferplus": fer_faces.ferplus,
+        "duplicates": _duplicate_metrics(samples, groups, dropped, cfg),
     }
     atomic.write_json(Path(metrics_path), metrics)
     return metrics
@@ -209,13 +231,34 @@ def resize_square(pixels: np.ndarray, size: int) -> np.ndarray:
     return cv2.resize(pixels, (size, size), interpolation=interpolation)
 
 
-def _write_images(samples: list[Sample], root: Path, image_size: int, channels: int) -> None:
+def _convert_all(
+    samples: list[Sample], image_size: int, channels: int
+) -> tuple[list[np.ndarray], np.ndarray]:
+    """Each sample as merge writes it, and the hash of it as an image_size gray face (N x WORDS),
+    so that a crop and a FER2013 face are compared as the models see them."""
+    convert_one = partial(_convert_sample, image_size=image_size, channels=channels)
+    with ThreadPoolExecutor(WRITE_THREADS) as pool:
+        done = pool.map(convert_one, samples)
+        pairs = list(tqdm(done, total=len(samples), desc="convert", unit="image", disable=None))
+    hashes = np.stack([hashed for _, hashed in pairs]) if pairs else np.zeros((0, WORDS))
+    return [image for image, _ in pairs], hashes.astype(np.uint64)
+
+
+def _convert_sample(
+    sample: Sample, image_size: int, channels: int
+) -> tuple[np.ndarray, np.ndarray]:
+    image = sample_pixels(sample.image, image_size, channels)
+    gray = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+    return image, face_hash(gray)
+
+
+def _write_images(samples: list[Sample], images: list[np.ndarray], root: Path) -> None:
     for split in SPLITS:
         for emotion in EMOTIONS:
             (root / split / emotion).mkdir(parents=True)
-    write = partial(_write_image, root=root, image_size=image_size, channels=channels)
+    write = partial(_write_image, root=root)
     with ThreadPoolExecutor(WRITE_THREADS) as pool:
-        done = pool.map(write, samples)
+        done = pool.map(write, samples, images)
         for _ in tqdm(done, total=len(samples), desc="merge", unit="image", disable=None):
             pass
 
@@ -226,9 +269,8 @@ def sample_pixels(image: np.ndarray | Path, image_size: int, channels: int) -> n
     return convert(pixels, image_size, channels)
 
 
-def _write_image(sample: Sample, root: Path, image_size: int, channels: int) -> None:
-    image = sample_pixels(sample.image, image_size, channels)
-    if channels == 3:
+def _write_image(sample: Sample, image: np.ndarray, root: Path) -> None:
+    if image.ndim == 3:
         image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)  # cv2 encodes colour as BGR
     _, png = cv2.imencode(".png", image)
     (root / sample.path).write_bytes(png.tobytes())
@@ -251,6 +293,49 @@ def _soft_labels_csv(samples: list[Sample]) -> str:
         shares = s.shares or tuple(float(label == s.label) for label in range(len(EMOTIONS)))
         writer.writerow((s.path, *(f"{share:.6g}" for share in shares)))
     return text.getvalue()
+
+
+def _duplicates_csv(
+    samples: list[Sample], groups: DuplicateGroups, dropped: set[int], max_group: int
+) -> str:
+    """One row per face in a group of near-duplicates, with its distance to the group's first."""
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(DUPLICATE_COLUMNS)
+    for number, members in enumerate(groups.members, start=1):
+        first = groups.hashes[members[0]]
+        crowd = int(len(members) > max_group)
+        for i in members:
+            s = samples[i]
+            hashed = groups.hashes[i]
+            writer.writerow((number, s.path, s.source, s.split, s.origin, hash_text(hashed),
+                             distance(first, hashed), crowd, int(i in dropped)))  # fmt: skip
+    return text.getvalue()
+
+
+def _duplicate_metrics(
+    samples: list[Sample], groups: DuplicateGroups, dropped: set[int], cfg: MergeConfig
+) -> dict:
+    """Groups (crowds apart) by what they span, and the faces left out per split and source;
+    every key always present."""
+    copies = [g for g in groups.members if len(g) <= cfg.duplicate_max_group]
+    spans = [({samples[i].split for i in g}, {samples[i].source for i in g}) for g in copies]
+    left_out = Counter((samples[i].split, samples[i].source) for i in dropped)
+    return {
+        "groups": len(copies),
+        "faces_in_groups": sum(len(g) for g in copies),
+        "crowds": len(groups.members) - len(copies),
+        "faces_in_crowds": sum(len(g) for g in groups.members) - sum(len(g) for g in copies),
+        "groups_within_one_split": sum(len(splits) == 1 for splits, _ in spans),
+        "groups_across_splits": sum(len(splits) > 1 for splits, _ in spans),
+        "groups_across_sources": sum(len(sources) > 1 for _, sources in spans),
+        "dropped": {
+            split: {source: left_out[split, source] for source in SOURCES}
+            | {"total": sum(left_out[split, source] for source in SOURCES)}
+            for split in SPLITS
+        }
+        | {"total": len(dropped)},
+    }
 
 
 def _metrics(samples: list[Sample], fer_skipped: int, image_size: int, channels: int) -> dict:

@@ -101,3 +101,21 @@ def _demo_photos(raw_manifest: Path, demo_photos: set[str]) -> dict[str, str]:
             for row in csv.DictReader(handle)
             if row["status"] == "ok" and row["url_or_path"] in demo_photos
         }
+
+
+def drawn_face_of_crops(demo_dir: Path, raw_dir: Path, crops_dir: Path) -> dict[str, str]:
+    """crop_id -> the drawn face it covers, as <photo>#<face> (ground_truth.csv's photo and
+    face), for the crops of demo photos that cover one; matched as the simulated reviewer does."""
+    truths_by_photo = _ground_truth(Path(demo_dir) / "ground_truth.csv")
+    photo_of_sha = _demo_photos(Path(raw_dir) / "manifest.csv", set(truths_by_photo))
+    faces = {}
+    for crop in read_crops(crops_dir):
+        photo = photo_of_sha.get(crop.source_sha256)
+        if photo is None:
+            continue
+        truths = truths_by_photo[photo]
+        boxes = [[float(t[k]) for k in ("x1", "y1", "x2", "y2")] for t in truths]
+        match = best_match(crop.box, boxes)
+        if match is not None:
+            faces[crop.crop_id] = f"{photo}#{truths[match]['face']}"
+    return faces
