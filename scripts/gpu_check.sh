@@ -30,7 +30,7 @@ image_size: $size
 demo: {$world}
 collect: {manifest: $out/demo/manifest.csv}
 review: {decisions: $out/decisions.csv}
-fer2013: {path: $out/demo/fer2013.csv}
+fer2013: {path: $out/demo/fer2013.csv, ferplus: $out/demo/fer2013new.csv}
 model: {g_conv_dim: $conv, d_conv_dim: $conv}
 train: {num_iters: $iterations, num_iters_decay: $((iterations / 2)), n_critic: 5,
         lambda_id: 0.0, batch_sampling: images, log_step: $checkpoint,
