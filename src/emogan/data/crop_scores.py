@@ -11,6 +11,7 @@ from pathlib import Path
 
 from emogan import atomic
 from emogan.data.crop import CropRecord
+from emogan.data.csv_rows import csv_rows
 from emogan.emotions import EMOTIONS
 from emogan.errors import EmoganError
 
@@ -56,16 +57,11 @@ def read_crop_scores(path: Path, crops: list[CropRecord]) -> dict[str, CropScore
     """crop_id -> score, for exactly the crops of crops.csv; a malformed row fails naming its
     line, and a file scored on other crops (crops re-run since) fails in one line."""
     path = Path(path)
+    scores = {}
     try:
-        with path.open(newline="", encoding="utf-8") as handle:
-            reader = csv.DictReader(handle)
-            missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
-            if missing:
-                raise EmoganError(f"{path} line 1: no {missing[0]!r} column")
-            scores = {}
-            for row in reader:
-                score = _parse_score(row, f"{path} line {reader.line_num}")
-                scores[score.crop_id] = score
+        for row, where in csv_rows(path, COLUMNS):
+            score = _parse_score(row, where)
+            scores[score.crop_id] = score
     except FileNotFoundError:
         raise EmoganError(f"{path}: not found (run the crop_judge stage)") from None
     crop_ids = {crop.crop_id for crop in crops}

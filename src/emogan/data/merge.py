@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from emogan import atomic
 from emogan.config import Fer2013Config, MergeConfig
+from emogan.data.csv_rows import csv_rows
 from emogan.data.duplicates import (
     DUPLICATE_COLUMNS,
     WORDS,
@@ -164,18 +165,12 @@ def _custom_samples(reviewed_dir: Path, test_fraction: float) -> list[Sample]:
         raise EmoganError(
             f"{index_path}: not found (run the review stage, or set merge.include_custom: false)"
         )
-    with index_path.open(newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        missing = [c for c in REVIEWED_COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise EmoganError(f"{index_path} line 1: no {missing[0]!r} column")
-        samples: dict[str, Sample] = {}
-        for row in reader:
-            where = f"{index_path} line {reader.line_num}"
-            sample = _custom_sample(row, reviewed_dir, test_fraction, where)
-            if sample.origin in samples:
-                raise EmoganError(f"{where}: crop_id {sample.origin} appears twice")
-            samples[sample.origin] = sample
+    samples: dict[str, Sample] = {}
+    for row, where in csv_rows(index_path, REVIEWED_COLUMNS):
+        sample = _custom_sample(row, reviewed_dir, test_fraction, where)
+        if sample.origin in samples:
+            raise EmoganError(f"{where}: crop_id {sample.origin} appears twice")
+        samples[sample.origin] = sample
     return list(samples.values())
 
 

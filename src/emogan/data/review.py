@@ -19,6 +19,7 @@ from typing import Literal
 from emogan import atomic
 from emogan.config import ReviewConfig
 from emogan.data.crop import CropRecord, read_crops
+from emogan.data.csv_rows import csv_rows
 from emogan.emotions import EMOTIONS, LABEL_OF
 from emogan.errors import EmoganError
 
@@ -66,15 +67,10 @@ def read_decisions(path: Path) -> dict[str, ReviewDecision]:
     path = Path(path)
     if not path.exists():
         return {}
-    with path.open(newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        missing = [c for c in DECISION_COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise EmoganError(f"{path} line 1: missing column {missing[0]!r}")
-        decisions = {}
-        for row in reader:
-            decision = parse_decision(row, f"{path} line {reader.line_num}")
-            decisions[decision.crop_id] = decision
+    decisions = {}
+    for row, where in csv_rows(path, DECISION_COLUMNS):
+        decision = parse_decision(row, where)
+        decisions[decision.crop_id] = decision
     return decisions
 
 
