@@ -474,18 +474,28 @@ def _selected_id(page) -> str:
     return page.locator(".tile.selected").get_attribute("data-crop-id")
 
 
+@contextlib.contextmanager
+def _review_page(chromium: str, url: str) -> Iterator[tuple[object, list[str]]]:
+    """A Chromium page open at url, and the JavaScript errors the page raises."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto(url)
+        yield page, errors
+        browser.close()
+
+
 def test_decisions_made_with_keys_survive_a_killed_server(world: World, chromium: str) -> None:
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     port = _free_port()
     server = _start_server(world, port)
     try:
-        with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            errors: list[str] = []
-            page.on("pageerror", lambda error: errors.append(str(error)))
-            page.goto(f"http://127.0.0.1:{port}/#happy")
+        with _review_page(chromium, f"http://127.0.0.1:{port}/#happy") as (page, errors):
             expect(page.locator("#progress")).to_have_text(f"reviewed 0 / {len(world.crop_ids)}")
             expect(page.locator("#order-note")).to_have_text(
                 "no suspect order: no crop scores given"
@@ -524,7 +534,6 @@ def test_decisions_made_with_keys_survive_a_killed_server(world: World, chromium
             expect(_tile(page, dropped).locator(".verdict")).to_have_text("dropped")
             expect(page.locator("#status")).to_be_hidden()
             assert errors == []
-            browser.close()
     finally:
         server.send_signal(signal.SIGTERM)
         stopped = server.communicate(timeout=10)[0]
@@ -545,7 +554,7 @@ def _shown_ids(page) -> list[str]:
 def test_the_suspect_order_shows_the_doubted_crop_first_and_a_key_accepts_its_hint(
     world: World, chromium: str, tmp_path: Path
 ) -> None:
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     scores = _write_scores(world, tmp_path / "crop_scores.csv")
     happy = sorted(
@@ -556,12 +565,7 @@ def test_the_suspect_order_shows_the_doubted_crop_first_and_a_key_accepts_its_hi
     port = _free_port()
     server = _start_server(world, port, tmp_path / "crop_scores.csv")
     try:
-        with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            errors: list[str] = []
-            page.on("pageerror", lambda error: errors.append(str(error)))
-            page.goto(f"http://127.0.0.1:{port}/#happy")
+        with _review_page(chromium, f"http://127.0.0.1:{port}/#happy") as (page, errors):
             expect(page.locator("#progress")).to_have_text(f"reviewed 0 / {len(world.crop_ids)}")
             expect(page.locator("#order")).to_have_value("suspect")
             expect(page.locator("#order-note")).to_be_hidden()
@@ -588,7 +592,6 @@ def test_the_suspect_order_shows_the_doubted_crop_first_and_a_key_accepts_its_hi
             page.keyboard.press("ArrowRight")  # keys move in the grid, not in the order menu
             assert _selected_id(page) == shown[shown.index(happy[1].crop_id) + 1]
             assert errors == []
-            browser.close()
     finally:
         server.send_signal(signal.SIGTERM)
         server.communicate(timeout=10)
