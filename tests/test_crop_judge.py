@@ -199,3 +199,10 @@ def test_scores_of_other_crops_are_refused_in_one_line(tmp_path: Path) -> None:
     with pytest.raises(EmoganError) as error:
         read_crop_scores(path, crops)
     assert str(error.value) == f"{path} line 3: prob_neutral '1.5' is not a probability 0-1"
+    path.write_text("\n".join(line.split(",", 1)[1] for line in lines) + "\n")  # no crop_id
+    with pytest.raises(EmoganError) as error:
+        read_crop_scores(path, crops)
+    assert str(error.value) == f"{path} line 1: missing column 'crop_id'"
+    with pytest.raises(EmoganError) as error:
+        read_crop_scores(tmp_path / "none.csv", crops)
+    assert str(error.value) == f"{tmp_path / 'none.csv'}: not found (run the crop_judge stage)"
