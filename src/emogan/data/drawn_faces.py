@@ -42,6 +42,18 @@ class FaceLook:
     shirt: tuple[float, float, float]
     hair_style: str
     width: float  # face width / face height
+    # Who the face is: where its features sit and how big they are, in face units. Without
+    # these every face of an emotion shares one geometry, and at 32 px unrelated faces lie
+    # nearer each other than a JPEG copy lies to its original (BENCHMARKS.md, near-duplicates).
+    eye_x: float  # half the distance between the eyes
+    eye_y: float  # eye height (brows follow the eyes)
+    eye_scale: float  # eye width and opening, times the expression's
+    nose_y: float  # nose tip height: the nose's length
+    mouth_y: float
+    brow_width: float
+    chin: float  # how much the face narrows towards the chin
+    hairline: float  # added to the hair style's hairline height
+    shading: tuple[float, ...]  # SHADING_GRID**2 gains around 1: uneven skin and light
     rotation: float  # in-plane head roll, degrees, counter-clockwise
     turn: float  # head yaw in [-1, 1]: features shift sideways
     light_angle: float  # direction the light comes from, radians
@@ -86,9 +98,14 @@ EXPRESSIONS: dict[str, Expression] = {
 }  # fmt: skip
 EXPRESSION_JITTER = 0.003  # face units; well below the gaps between emotions
 
-EYE_Y, EYE_X, EYE_HALF_WIDTH = -0.06, 0.145, 0.06
-BROW_Y, BROW_LENGTH, BROW_WIDTH = -0.14, 0.13, 0.026
+EYE_Y, EYE_X, EYE_HALF_WIDTH = -0.06, 0.145, 0.06  # the mean face; random_look varies it
+BROW_ABOVE_EYE, BROW_LENGTH, BROW_WIDTH = 0.08, 0.13, 0.026
 MOUTH_Y, NOSE_Y = 0.28, 0.13
+# How far a face's features stray from the mean face (uniform, +-), and its shading: a coarse
+# grid of random gains smoothly interpolated over the face, as real faces differ in skin and
+# light. The shifts stay below the expressions' own movements, so emotion still varies most.
+FEATURE_SHIFT = 0.035
+SHADING_GRID, SHADING = 5, 0.2
 TURN_SHIFT = 0.035  # how far features move sideways at full head turn
 NOSE_DEPTH = 1.5  # the nose sticks out, so it moves further
 HAIRLINE_Y = {"short": -0.3, "long": -0.29, "bangs": -0.2, "receding": -0.38, "curly": -0.3,
@@ -114,7 +131,16 @@ def random_look(
         iris=_mix(IRIS_COLOURS, rng, 10),
         shirt=tuple(rng.uniform(20, 235, 3).tolist()),
         hair_style=str(rng.choice(HAIR_STYLES)),
-        width=float(rng.uniform(0.68, 0.8)),
+        width=float(rng.uniform(0.66, 0.82)),
+        eye_x=float(EYE_X + rng.uniform(-0.6, 0.6) * FEATURE_SHIFT),
+        eye_y=float(EYE_Y + rng.uniform(-1, 1) * FEATURE_SHIFT),
+        eye_scale=float(rng.uniform(0.85, 1.2)),
+        nose_y=float(NOSE_Y + rng.uniform(-1, 1) * FEATURE_SHIFT),
+        mouth_y=float(MOUTH_Y + rng.uniform(-1, 1) * FEATURE_SHIFT),
+        brow_width=float(BROW_WIDTH * rng.uniform(0.7, 1.5)),
+        chin=float(rng.uniform(0.1, 0.35)),
+        hairline=float(rng.uniform(-1.5, 1.5) * FEATURE_SHIFT),
+        shading=tuple((1 + rng.uniform(-SHADING, SHADING, SHADING_GRID**2)).tolist()),
         rotation=float(rng.uniform(-max_rotation, max_rotation)),
         turn=float(rng.uniform(-1, 1)),
         light_angle=float(rng.uniform(0, 2 * np.pi)),
@@ -217,11 +243,11 @@ def _curve(p0: np.ndarray, p1: np.ndarray, p2: np.ndarray, n: int = 12) -> np.nd
     return (1 - t) ** 2 * p0 + 2 * t * (1 - t) * control + t**2 * p2
 
 
-def _outline(width: float, n: int = 48) -> np.ndarray:
+def _outline(look: FaceLook, n: int = 48) -> np.ndarray:
     """The face: an egg, wider at the cheekbones than at the chin."""
     t = np.linspace(0, 2 * np.pi, n, endpoint=False)
     y = 0.5 * np.sin(t)
-    x = width / 2 * np.cos(t) * (1 - 0.22 * np.clip(y / 0.5, 0, 1) ** 2)
+    x = look.width / 2 * np.cos(t) * (1 - look.chin * np.clip(y / 0.5, 0, 1) ** 2)
     return np.stack([x, y], 1)
 
 
@@ -232,7 +258,7 @@ def face_box(
     hair) to chin, cheek to cheek. MTCNN's boxes start lower, near the hairline: IoU ~0.7."""
     angle = np.radians(look.rotation)
     rot = np.array([[np.cos(angle), np.sin(angle)], [-np.sin(angle), np.cos(angle)]])
-    points = _outline(look.width) @ rot.T * size + np.asarray(centre)
+    points = _outline(look) @ rot.T * size + np.asarray(centre)
     return (*points.min(0).tolist(), *points.max(0).tolist())
 
 
@@ -251,7 +277,7 @@ def _draw_body(img: np.ndarray, pen: _Pen, look: FaceLook) -> None:
         pen.ellipse(
             img, (side * (look.width / 2 - 0.01), -0.01), (0.045, 0.085), _bgra(look.skin, 0.9)
         )
-    pen.fill(img, _outline(look.width), _bgra(look.skin))
+    pen.fill(img, _outline(look), _bgra(look.skin))
 
 
 def _shade_sockets(img: np.ndarray, pen: _Pen, look: FaceLook) -> None:
@@ -260,18 +286,18 @@ def _shade_sockets(img: np.ndarray, pen: _Pen, look: FaceLook) -> None:
     dark = np.zeros(img.shape[:2], np.float32)
     x = look.turn * TURN_SHIFT
     for side in (-1, 1):
-        pen.ellipse(dark, (x + side * EYE_X, EYE_Y), (0.1, 0.065), 0.32)
+        pen.ellipse(dark, (x + side * look.eye_x, look.eye_y), (0.1, 0.065), 0.32)
     away_from_light = -np.sign(np.cos(look.light_angle))
     pen.ellipse(dark, (x * NOSE_DEPTH + 0.04 * away_from_light, 0.05), (0.028, 0.1), 0.35)
-    pen.ellipse(dark, (x * NOSE_DEPTH, NOSE_Y + 0.04), (0.05, 0.018), 0.3)
-    pen.ellipse(dark, (x, MOUTH_Y + 0.09), (0.06, 0.02), 0.2)
+    pen.ellipse(dark, (x * NOSE_DEPTH, look.nose_y + 0.04), (0.05, 0.018), 0.3)
+    pen.ellipse(dark, (x, look.mouth_y + 0.09), (0.06, 0.02), 0.2)
     dark = cv2.GaussianBlur(dark, (0, 0), 0.035 * pen.scale)
     img[..., :3] = np.round(img[..., :3] * (1 - dark[..., None])).astype(np.uint8)
 
 
 def _hairline(look: FaceLook) -> np.ndarray:
     """The front edge of the hair, right temple to left, flat on top and falling at the temples."""
-    top = HAIRLINE_Y[look.hair_style]
+    top = HAIRLINE_Y[look.hair_style] + look.hairline
     temple = -0.06 if look.hair_style != "receding" else -0.2
     half = look.width / 2 * 0.96
     x = np.linspace(half, -half, 21)
@@ -301,41 +327,45 @@ def _draw_brows(img: np.ndarray, pen: _Pen, look: FaceLook, expr: Expression) ->
     colour = _bgra(np.minimum(look.hair, look.skin), 0.6)
     for side in (-1, 1):
         sneer = expr.mouth_tilt * side  # disgust lowers the brow on the sneering side
-        inner = np.array([side * expr.brow_gap, BROW_Y - expr.brow_lift - expr.brow_inner + sneer])
-        outer = np.array([side * (expr.brow_gap + BROW_LENGTH), BROW_Y - expr.brow_lift + sneer])
+        y = look.eye_y - BROW_ABOVE_EYE
+        inner = np.array([side * expr.brow_gap, y - expr.brow_lift - expr.brow_inner + sneer])
+        outer = np.array([side * (expr.brow_gap + BROW_LENGTH), y - expr.brow_lift + sneer])
         middle = (inner + outer) / 2 - [0, expr.brow_arch]
-        shift = np.array([look.turn * TURN_SHIFT, 0])
-        pen.stroke(img, _curve(inner + shift, middle + shift, outer + shift), colour, BROW_WIDTH)
+        shift = np.array([look.turn * TURN_SHIFT + side * (look.eye_x - EYE_X), 0])
+        curve = _curve(inner + shift, middle + shift, outer + shift)
+        pen.stroke(img, curve, colour, look.brow_width)
 
 
 def _draw_eyes(img: np.ndarray, pen: _Pen, look: FaceLook, expr: Expression) -> None:
     lash = _bgra(look.hair, 0.35)
     for side in (-1, 1):
-        cx = side * EYE_X + look.turn * TURN_SHIFT
-        outline = _lens(cx, EYE_Y, EYE_HALF_WIDTH, expr.eye_top, expr.eye_bottom, roundness=0.7)
+        cx = side * look.eye_x + look.turn * TURN_SHIFT
+        size = look.eye_scale
+        outline = _lens(cx, look.eye_y, EYE_HALF_WIDTH * size, expr.eye_top * size,
+                        expr.eye_bottom * size, roundness=0.7)  # fmt: skip
         pen.fill(img, outline, (225, 232, 238, 255))
         with pen.clipped(img, outline) as inside:
             iris_x = cx + look.turn * 0.01  # looking the way the head turns
-            pen.ellipse(inside, (iris_x, EYE_Y), (0.026, 0.026), _bgra(look.iris))
-            pen.ellipse(inside, (iris_x, EYE_Y), (0.012, 0.012), (10, 10, 10, 255))
+            pen.ellipse(inside, (iris_x, look.eye_y), (0.026, 0.026), _bgra(look.iris))
+            pen.ellipse(inside, (iris_x, look.eye_y), (0.012, 0.012), (10, 10, 10, 255))
         upper = outline[: len(outline) // 2]
         pen.stroke(img, upper, lash, 0.011)
         pen.stroke(img, outline[len(outline) // 2 :], _bgra(look.skin, 0.6), 0.005)
 
 
 def _draw_nose(img: np.ndarray, pen: _Pen, look: FaceLook) -> None:
-    x = look.turn * TURN_SHIFT * NOSE_DEPTH
-    pen.ellipse(img, (x, NOSE_Y - 0.02), (0.02, 0.03), _bgra(look.skin, 1.07))  # lit tip
+    x, y = look.turn * TURN_SHIFT * NOSE_DEPTH, look.nose_y
+    pen.ellipse(img, (x, y - 0.02), (0.02, 0.03), _bgra(look.skin, 1.07))  # lit tip
     for side in (-1, 1):
-        wing = np.array([[x + side * 0.045, NOSE_Y - 0.035], [x + side * 0.052, NOSE_Y],
-                         [x + side * 0.03, NOSE_Y + 0.018]])  # fmt: skip
+        wing = np.array([[x + side * 0.045, y - 0.035], [x + side * 0.052, y],
+                         [x + side * 0.03, y + 0.018]])  # fmt: skip
         pen.stroke(img, wing, _bgra(look.skin, 0.62), 0.008)
-        pen.ellipse(img, (x + side * 0.022, NOSE_Y + 0.012), (0.013, 0.006), _bgra(look.skin, 0.35))
+        pen.ellipse(img, (x + side * 0.022, y + 0.012), (0.013, 0.006), _bgra(look.skin, 0.35))
 
 
 def _draw_mouth(img: np.ndarray, pen: _Pen, look: FaceLook, expr: Expression) -> None:
     cx = look.turn * TURN_SHIFT
-    outline = _lens(cx, MOUTH_Y, expr.mouth_width, expr.mouth_top, expr.mouth_bottom,
+    outline = _lens(cx, look.mouth_y, expr.mouth_width, expr.mouth_top, expr.mouth_bottom,
                     bend=expr.mouth_smile, tilt=-expr.mouth_tilt)  # fmt: skip
     lips = (look.skin[0] * 0.6, look.skin[1] * 0.6, min(255, look.skin[2] * 0.85 + 20))
     if expr.mouth_top + expr.mouth_bottom > 0.01:
@@ -366,8 +396,8 @@ def _draw_wrinkles(img: np.ndarray, pen: _Pen, look: FaceLook, expr: Expression)
                 )
         elif kind == "smile":
             for side in (-1, 1):
-                corner = np.array([x + side * (expr.mouth_width + 0.02), MOUTH_Y - 0.01])
-                wing = np.array([x + side * 0.07, NOSE_Y])
+                corner = np.array([x + side * (expr.mouth_width + 0.02), look.mouth_y - 0.01])
+                wing = np.array([x + side * 0.07, look.nose_y])
                 middle = (corner + wing) / 2 + [side * 0.025, 0]
                 pen.stroke(img, _curve(wing, middle, corner), line, 0.007)
 
@@ -380,8 +410,8 @@ def _draw_hand(img: np.ndarray, pen: _Pen, look: FaceLook) -> None:
         [[side * 0.12, 0.3], [side * 0.02, 0.95], [side * 0.3, 0.95], [side * 0.34, 0.3]]
     )
     pen.fill(img, arm, skin)
-    pen.ellipse(img, (side * 0.2, MOUTH_Y + 0.06), (0.16, 0.14), skin)
-    for i, y in enumerate(np.linspace(MOUTH_Y - 0.08, MOUTH_Y + 0.07, 4)):
+    pen.ellipse(img, (side * 0.2, look.mouth_y + 0.06), (0.16, 0.14), skin)
+    for i, y in enumerate(np.linspace(look.mouth_y - 0.08, look.mouth_y + 0.07, 4)):
         reach = 0.17 - 0.02 * abs(i - 1.5)
         pen.ellipse(img, (side * 0.12 - side * reach / 2, y), (reach, 0.027), skin)
         finger_tip = side * 0.12 - side * reach * 1.4
@@ -389,11 +419,18 @@ def _draw_hand(img: np.ndarray, pen: _Pen, look: FaceLook) -> None:
 
 
 def _light(img: np.ndarray, pen: _Pen, look: FaceLook) -> None:
-    """A light gradient across the head and a darker rim, so the face reads as round."""
-    x, y = pen.grid(img.shape[0])
+    """A light gradient across the head and a darker rim, so the face reads as round, and the
+    face's own shading."""
+    side = img.shape[0]
+    x, y = pen.grid(side)
     direction = np.cos(look.light_angle) * x + np.sin(look.light_angle) * y
     rim = np.clip((x / (look.width / 2)) ** 2 + (2 * y) ** 2, 0, 1.6)
-    gain = np.clip(1 + look.light * direction - 0.22 * rim, 0.3, 1.6)[..., None]
+    grid = np.array(look.shading, np.float32).reshape(SHADING_GRID, SHADING_GRID)
+    # The grid spans the face (-0.5 to 0.5 both ways), not the whole patch.
+    to_grid = (SHADING_GRID - 1) * (np.stack([x, y]) + 0.5)
+    shading = cv2.remap(grid, *to_grid.astype(np.float32), cv2.INTER_CUBIC, None,
+                        cv2.BORDER_REPLICATE)  # fmt: skip
+    gain = np.clip((1 + look.light * direction - 0.22 * rim) * shading, 0.3, 1.6)[..., None]
     img[..., :3] = np.clip(img[..., :3] * gain, 0, 255).astype(np.uint8)
 
 
