@@ -191,10 +191,11 @@ class MergeConfig(Section):
     # near-duplicate faces (data/processed/duplicates.csv): keep them all; drop_cross_split: leave
     # out every test face with a near-duplicate in train; drop_all: keep one face per group
     duplicates: Literal["keep", "drop_cross_split", "drop_all"] = "drop_cross_split"
-    # most differing bits of the 256-bit hashes of two near-duplicates (BENCHMARKS.md)
-    duplicate_distance: Int = Field(30, ge=0, le=256)
-    # a larger group is a chain of look-alikes (as the demo's drawn studio faces), not copies of
-    # one picture: listed as a crowd, never dropped
+    # least similarity of two near-duplicates once one is registered onto the other: the
+    # correlation of their coarse means (emogan.data.duplicates; measured in BENCHMARKS.md)
+    duplicate_similarity: Float = Field(0.996, gt=0.0, le=1.0)
+    # a larger group is a chain of look-alikes, not copies of one picture: listed as a crowd,
+    # never dropped
     duplicate_max_group: Int = Field(8, ge=2)
 
 

@@ -1,81 +1,117 @@
-"""Near-duplicate faces: a perceptual hash per face, the pairs within a Hamming distance, and
-their groups.
+"""Near-duplicate faces: candidates by a coarse look, kept when the two faces still match once
+one is registered onto the other; then their groups.
 
-The hash is imagehash's dhash at 16x16 (256 bits) of the face as merge writes it (image_size,
-gray), so a custom crop and a FER2013 face compare at the same size. dhash records whether each
-pixel of a 17x16 shrink is brighter than its right neighbour: re-encoding, resizing and
-brightening keep nearly all of those signs. 64-bit hashes are too coarse: on the full-size
-merge benchmark unrelated faces fall within the distance planted copies need (BENCHMARKS.md).
-All pairs are compared at once as four uint64 words per hash, in chunks of rows.
+1. Candidates: each face's NEIGHBOURS nearest faces by the cosine of their centred
+   DESCRIPTOR_SIDE x DESCRIPTOR_SIDE means, a look so coarse that a shift of a pixel or two
+   barely changes it.
+2. Verification: ECC (cv2.findTransformECC) fits an affine map of one face onto the other, and
+   the pair is a near-duplicate when the registered faces' MATCH_SIDE x MATCH_SIDE means
+   correlate at least merge.duplicate_similarity. The registration undoes crops, resizing and
+   MTCNN's re-framing; what is left between two people of one expression is their
+   low-frequency appearance (shading, skin, light), which a copy keeps. Pixels clipped to black
+   or white in either face are left out of the means: a brightened copy loses its highlights'
+   shape there, which would otherwise cost it the match.
+
+Why not a perceptual hash (measured in BENCHMARKS.md, near-duplicates): a 2-px crop, a photo
+listed again smaller or a web photo re-framed by MTCNN moves the features by a pixel or more,
+which flips as many of a dhash's bits as separate unrelated faces of one expression.
 """
 
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-import imagehash
+import cv2
 import numpy as np
-from PIL import Image
 
-HASH_SIZE = 16  # dhash side: HASH_SIZE**2 bits
-WORDS = HASH_SIZE * HASH_SIZE // 64
-PREFILTER_WORDS = 2
-CHUNK_ROWS = 64  # rows compared against all others at once: 64 x 36k uint64 = 18 MB per word
+DESCRIPTOR_SIDE = 8
+NEIGHBOURS = 2  # candidates per face; a face and its copy are each other's nearest or next
+MATCH_SIDE = 6
+CLIPPED = 5  # grey levels from black or white: such a pixel may have lost its true value
+MIN_CELL_SHARE = 0.25  # of a cell's pixels unclipped in both faces, for the cell to count
+MIN_CELLS = MATCH_SIDE**2 // 3
+CHUNK_ROWS = 1024  # rows of the cosine matrix at once: 1024 x 36k float32 = 147 MB
+# 20 steps: copies are aligned long before, and more steps only polish unrelated pairs (3x
+# slower, no pair's verdict changed on the demo or the merge benchmark)
+ECC_CRITERIA = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 20, 1e-3)
+THREADS = 4  # OpenCV releases the GIL inside findTransformECC
 DUPLICATE_COLUMNS = (
-    "group", "path", "source", "split", "origin", "hash", "distance", "crowd", "dropped",
+    "group", "path", "source", "split", "origin", "similarity", "crowd", "dropped",
 )  # fmt: skip
 
 
 @dataclass(frozen=True)
 class DuplicateGroups:
-    """Faces whose hashes lie within the distance of another member's (a chain may be longer)."""
+    """Faces linked by verified pairs, directly or through a chain of them."""
 
-    members: list[list[int]]  # indices into the hashed faces, each list sorted, >= 2 per group
-    hashes: np.ndarray  # N x WORDS uint64
-
-
-def face_hash(gray: np.ndarray) -> np.ndarray:
-    """The WORDS uint64 words of one H x W uint8 face's dhash."""
-    bits = imagehash.dhash(Image.fromarray(gray), hash_size=HASH_SIZE).hash
-    return np.packbits(bits.ravel()).view(">u8").astype(np.uint64)
+    members: list[list[int]]  # indices into the faces, each list sorted, >= 2 per group
+    similarity: np.ndarray  # per face: its highest verified similarity to another (nan: none)
 
 
-def hash_text(words: np.ndarray) -> str:
-    return "".join(f"{int(word):016x}" for word in words)
+def descriptors(faces: Sequence[np.ndarray]) -> np.ndarray:
+    """N x DESCRIPTOR_SIDE**2 unit vectors: each gray face's centred coarse means."""
+    coarse = np.stack([_means(face, DESCRIPTOR_SIDE) for face in faces]) if faces else None
+    return _unit_rows(coarse) if coarse is not None else np.zeros((0, DESCRIPTOR_SIDE**2))
 
 
-def near_pairs(hashes: np.ndarray, max_distance: int) -> tuple[np.ndarray, np.ndarray]:
-    """Every pair (i < j) of rows within max_distance bits, and their distances.
-
-    The first PREFILTER_WORDS words are compared for all pairs, the rest only for the pairs
-    still within max_distance: the distance over some words never exceeds the whole, so no
-    pair is missed, and unrelated hashes already differ in about a quarter of 128 bits.
-    """
-    found_i, found_j, found_d = [], [], []
-    for start in range(0, len(hashes), CHUNK_ROWS):
-        block = hashes[start : start + CHUNK_ROWS]
-        rest = hashes[start:]  # pairs with earlier rows were found by earlier chunks
-        distance = np.zeros((len(block), len(rest)), np.uint16)
-        for word in range(min(PREFILTER_WORDS, hashes.shape[1])):
-            distance += np.bitwise_count(block[:, None, word] ^ rest[None, :, word])
-        rows, cols = np.nonzero(distance <= max_distance)
-        later = cols > rows  # each pair once, no face with itself
-        rows, cols = rows[later], cols[later]
-        near = distance[rows, cols]
-        for word in range(PREFILTER_WORDS, hashes.shape[1]):
-            near += np.bitwise_count(block[rows, word] ^ rest[cols, word]).astype(np.uint16)
-        within = near <= max_distance
-        found_i.append(rows[within] + start)
-        found_j.append(cols[within] + start)
-        found_d.append(near[within])
-    pairs = np.stack([np.concatenate(found_i), np.concatenate(found_j)], axis=1).astype(np.int64)
-    return pairs.reshape(-1, 2), np.concatenate(found_d).astype(np.int64)
+def candidate_pairs(described: np.ndarray, neighbours: int = NEIGHBOURS) -> np.ndarray:
+    """Every pair (i < j, sorted, once) in which one face is among the other's `neighbours`
+    nearest by cosine."""
+    count = len(described)
+    neighbours = min(neighbours, count - 1)
+    if neighbours < 1:
+        return np.zeros((0, 2), np.int64)
+    found = []
+    for start in range(0, count, CHUNK_ROWS):
+        cosine = described[start : start + CHUNK_ROWS] @ described.T
+        rows = np.arange(len(cosine))
+        cosine[rows, rows + start] = -np.inf  # not a face with itself
+        for _ in range(neighbours):  # a few argmax passes beat a partition of every row
+            nearest = cosine.argmax(axis=1)
+            found.append(np.stack([rows + start, nearest], axis=1))
+            cosine[rows, nearest] = -np.inf
+    pairs = np.sort(np.concatenate(found), axis=1)
+    return np.unique(pairs, axis=0).astype(np.int64)
 
 
-def group_near_duplicates(hashes: np.ndarray, max_distance: int) -> DuplicateGroups:
-    """Group the faces (rows of N x WORDS hashes) linked by pairs within max_distance, by
-    union-find: a chain of near pairs is one group."""
-    pairs, _ = near_pairs(hashes, max_distance)
-    parent = list(range(len(hashes)))
+def aligned_similarity(a: np.ndarray, b: np.ndarray) -> float:
+    """How alike two gray faces of one size look once b is registered onto a: the correlation
+    of their coarse means over the pixels unclipped in both, border left out (the warp fills
+    it); -1 when ECC cannot align them or too little is left unclipped."""
+    if np.array_equal(a, b):
+        return 1.0  # also for flat faces, which ECC cannot align
+    a32, b32 = a.astype(np.float32), b.astype(np.float32)
+    try:
+        _, warp = cv2.findTransformECC(
+            a32, b32, np.eye(2, 3, dtype=np.float32), cv2.MOTION_AFFINE, ECC_CRITERIA, None, 1
+        )
+    except cv2.error:  # no convergence, or a flat face
+        return -1.0
+    height, width = a.shape
+    flags = cv2.INTER_LINEAR + cv2.WARP_INVERSE_MAP
+    registered = cv2.warpAffine(b32, warp, (width, height), flags=flags,
+                                borderMode=cv2.BORDER_REPLICATE)  # fmt: skip
+    cut = max(1, height // 16)
+    a32, registered = a32[cut:-cut, cut:-cut], registered[cut:-cut, cut:-cut]
+    unclipped = ((a32 >= CLIPPED) & (a32 <= 255 - CLIPPED)).astype(np.float32)
+    unclipped *= (registered >= CLIPPED) & (registered <= 255 - CLIPPED)
+    share = _means(unclipped, MATCH_SIDE)
+    counted = share >= MIN_CELL_SHARE
+    if counted.sum() < MIN_CELLS:
+        return -1.0
+    means = [_means(face * unclipped, MATCH_SIDE)[counted] for face in (a32, registered)]
+    first, second = _unit_rows(np.stack(means) / share[counted])
+    return float(first @ second)
+
+
+def group_near_duplicates(faces: Sequence[np.ndarray], min_similarity: float) -> DuplicateGroups:
+    """Group the gray faces (one size) linked by verified pairs, by union-find: a chain of
+    near-duplicate pairs is one group."""
+    pairs = candidate_pairs(descriptors(faces))
+    with ThreadPoolExecutor(THREADS) as pool:
+        scores = list(pool.map(lambda p: aligned_similarity(faces[p[0]], faces[p[1]]), pairs))
+    similarity = np.full(len(faces), np.nan)
+    parent = list(range(len(faces)))
 
     def root(i: int) -> int:
         while parent[i] != i:
@@ -83,19 +119,18 @@ def group_near_duplicates(hashes: np.ndarray, max_distance: int) -> DuplicateGro
             i = parent[i]
         return i
 
-    for i, j in pairs.tolist():
+    for (i, j), score in zip(pairs.tolist(), scores, strict=True):
+        if score < min_similarity:
+            continue
+        similarity[[i, j]] = np.fmax(similarity[[i, j]], score)
         a, b = root(i), root(j)
         if a != b:
             parent[max(a, b)] = min(a, b)
     by_root: dict[int, list[int]] = {}
-    for i in range(len(hashes)):
+    for i in range(len(faces)):
         by_root.setdefault(root(i), []).append(i)
     members = sorted((group for group in by_root.values() if len(group) > 1), key=lambda g: g[0])
-    return DuplicateGroups(members, hashes)
-
-
-def distance(a: np.ndarray, b: np.ndarray) -> int:
-    return int(np.bitwise_count(a ^ b).sum())
+    return DuplicateGroups(members, similarity)
 
 
 def dropped_faces(
@@ -124,3 +159,12 @@ def dropped_faces(
             kept = min(members, key=lambda i: (splits[i] != "train", sources[i] != "fer2013", i))
             dropped.update(i for i in members if i != kept)
     return dropped
+
+
+def _means(face: np.ndarray, side: int) -> np.ndarray:
+    return cv2.resize(face.astype(np.float32), (side, side), interpolation=cv2.INTER_AREA).ravel()
+
+
+def _unit_rows(rows: np.ndarray) -> np.ndarray:
+    centred = rows - rows.mean(axis=1, keepdims=True)
+    return centred / np.maximum(np.linalg.norm(centred, axis=1, keepdims=True), 1e-6)

@@ -29,13 +29,9 @@ from emogan.config import Fer2013Config, MergeConfig
 from emogan.data.csv_rows import csv_rows
 from emogan.data.duplicates import (
     DUPLICATE_COLUMNS,
-    WORDS,
     DuplicateGroups,
-    distance,
     dropped_faces,
-    face_hash,
     group_near_duplicates,
-    hash_text,
 )
 from emogan.data.fer2013 import FerImages, read_fer2013
 from emogan.data.ferplus import FerPlusLabels, ferplus_labels, ferplus_metrics
@@ -89,8 +85,8 @@ def merge_dataset(
     if cfg.include_custom:
         samples += _custom_samples(Path(reviewed_dir), cfg.custom_test_fraction)
     samples.sort(key=lambda sample: sample.path)
-    images, hashes = _convert_all(samples, image_size, cfg.channels)
-    groups = group_near_duplicates(hashes, cfg.duplicate_distance)
+    images, grays = _convert_all(samples, image_size, cfg.channels)
+    groups = group_near_duplicates(grays, cfg.duplicate_similarity)
     splits, sources = [s.split for s in samples], [s.source for s in samples]
     dropped = dropped_faces(groups, splits, sources, cfg.duplicates, cfg.duplicate_max_group)
     kept = [i for i in range(len(samples)) if i not in dropped]
@@ -228,23 +224,15 @@ def resize_square(pixels: np.ndarray, size: int) -> np.ndarray:
 
 def _convert_all(
     samples: list[Sample], image_size: int, channels: int
-) -> tuple[list[np.ndarray], np.ndarray]:
-    """Each sample as merge writes it, and the hash of it as an image_size gray face (N x WORDS),
-    so that a crop and a FER2013 face are compared as the models see them."""
-    convert_one = partial(_convert_sample, image_size=image_size, channels=channels)
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Each sample as merge writes it, and as a gray face of that size, so that near-duplicates
+    of a crop and a FER2013 face are looked for as the models see them."""
+    convert_one = partial(sample_pixels, image_size=image_size, channels=channels)
     with ThreadPoolExecutor(WRITE_THREADS) as pool:
-        done = pool.map(convert_one, samples)
-        pairs = list(tqdm(done, total=len(samples), desc="convert", unit="image", disable=None))
-    hashes = np.stack([hashed for _, hashed in pairs]) if pairs else np.zeros((0, WORDS))
-    return [image for image, _ in pairs], hashes.astype(np.uint64)
-
-
-def _convert_sample(
-    sample: Sample, image_size: int, channels: int
-) -> tuple[np.ndarray, np.ndarray]:
-    image = sample_pixels(sample.image, image_size, channels)
-    gray = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
-    return image, face_hash(gray)
+        done = pool.map(convert_one, [sample.image for sample in samples])
+        images = list(tqdm(done, total=len(samples), desc="convert", unit="image", disable=None))
+    grays = [i if i.ndim == 2 else cv2.cvtColor(i, cv2.COLOR_RGB2GRAY) for i in images]
+    return images, grays
 
 
 def _write_images(samples: list[Sample], images: list[np.ndarray], root: Path) -> None:
@@ -293,18 +281,17 @@ def _soft_labels_csv(samples: list[Sample]) -> str:
 def _duplicates_csv(
     samples: list[Sample], groups: DuplicateGroups, dropped: set[int], max_group: int
 ) -> str:
-    """One row per face in a group of near-duplicates, with its distance to the group's first."""
+    """One row per face in a group of near-duplicates, with its highest similarity to another."""
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
     writer.writerow(DUPLICATE_COLUMNS)
     for number, members in enumerate(groups.members, start=1):
-        first = groups.hashes[members[0]]
         crowd = int(len(members) > max_group)
         for i in members:
             s = samples[i]
-            hashed = groups.hashes[i]
-            writer.writerow((number, s.path, s.source, s.split, s.origin, hash_text(hashed),
-                             distance(first, hashed), crowd, int(i in dropped)))  # fmt: skip
+            similarity = f"{groups.similarity[i]:.4f}"
+            writer.writerow((number, s.path, s.source, s.split, s.origin, similarity, crowd,
+                             int(i in dropped)))  # fmt: skip
     return text.getvalue()
 
 
