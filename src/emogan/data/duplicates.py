@@ -50,8 +50,9 @@ class DuplicateGroups:
 
 def descriptors(faces: Sequence[np.ndarray]) -> np.ndarray:
     """N x DESCRIPTOR_SIDE**2 unit vectors: each gray face's centred coarse means."""
-    coarse = np.stack([_means(face, DESCRIPTOR_SIDE) for face in faces]) if faces else None
-    return _unit_rows(coarse) if coarse is not None else np.zeros((0, DESCRIPTOR_SIDE**2))
+    if not faces:
+        return np.zeros((0, DESCRIPTOR_SIDE**2), np.float32)
+    return _unit_rows(np.stack([_means(face, DESCRIPTOR_SIDE) for face in faces]))
 
 
 def candidate_pairs(described: np.ndarray, neighbours: int = NEIGHBOURS) -> np.ndarray:
