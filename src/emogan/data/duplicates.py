@@ -27,6 +27,8 @@ import numpy as np
 DESCRIPTOR_SIDE = 8
 NEIGHBOURS = 2  # candidates per face; a face and its copy are each other's nearest or next
 MATCH_SIDE = 6
+REGISTER_SIDE = 32  # larger faces are shrunk to it first: ECC's cost grows with the pixels,
+# and a registration at 32 px is already finer than the MATCH_SIDE cells need
 CLIPPED = 5  # grey levels from black or white: such a pixel may have lost its true value
 MIN_CELL_SHARE = 0.25  # of a cell's pixels unclipped in both faces, for the cell to count
 MIN_CELLS = MATCH_SIDE**2 // 3
@@ -81,14 +83,14 @@ def aligned_similarity(a: np.ndarray, b: np.ndarray) -> float:
     it); -1 when ECC cannot align them or too little is left unclipped."""
     if np.array_equal(a, b):
         return 1.0  # also for flat faces, which ECC cannot align
-    a32, b32 = a.astype(np.float32), b.astype(np.float32)
+    a32, b32 = (_shrunk(face.astype(np.float32), REGISTER_SIDE) for face in (a, b))
     try:
         _, warp = cv2.findTransformECC(
             a32, b32, np.eye(2, 3, dtype=np.float32), cv2.MOTION_AFFINE, ECC_CRITERIA, None, 1
         )
     except cv2.error:  # no convergence, or a flat face
         return -1.0
-    height, width = a.shape
+    height, width = a32.shape
     flags = cv2.INTER_LINEAR + cv2.WARP_INVERSE_MAP
     registered = cv2.warpAffine(b32, warp, (width, height), flags=flags,
                                 borderMode=cv2.BORDER_REPLICATE)  # fmt: skip
@@ -160,6 +162,12 @@ def dropped_faces(
             kept = min(members, key=lambda i: (splits[i] != "train", sources[i] != "fer2013", i))
             dropped.update(i for i in members if i != kept)
     return dropped
+
+
+def _shrunk(face: np.ndarray, side: int) -> np.ndarray:
+    if max(face.shape) <= side:
+        return face
+    return cv2.resize(face, (side, side), interpolation=cv2.INTER_AREA)
 
 
 def _means(face: np.ndarray, side: int) -> np.ndarray:
