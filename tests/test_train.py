@@ -398,6 +398,25 @@ def test_the_identity_loss_is_computed_and_trained_only_when_weighted(data: Path
     )
 
 
+def test_compile_without_a_cpp_compiler_trains_g_uncompiled_and_says_so(
+    data: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from torch._inductor import config as inductor_config
+
+    monkeypatch.setattr(inductor_config.cpp, "cxx", (None, "no-such-c++"))
+    params = tiny_params("sqlite:///unused.db", compile=True)
+    train = load_split(data, "train", torch.device("cpu"))
+    nets = build_networks(params, train)
+    assert vars(nets.G).get("_compiled_call_impl") is None
+    err = capsys.readouterr().err.splitlines()
+    assert err == [
+        "emogan: train.compile: no C++ compiler found (no-such-c++; set $CXX), which "
+        "torch.compile needs on the CPU; training G uncompiled"
+    ]
+    x, labels = sample_batch(train, params.train.batch_size, torch.Generator().manual_seed(0))
+    train_iteration(nets, x, labels, params.train, 0, torch.Generator().manual_seed(0))
+
+
 def test_uniform_targets_give_every_emotion_alike_and_shuffled_ones_follow_the_labels() -> None:
     """Over many batches of FER2013-like labels (disgust rare): uniform draws every emotion
     about 1/7 of the time, the official shuffle only as often as the batch holds it."""

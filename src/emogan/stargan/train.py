@@ -95,7 +95,7 @@ def build_networks(params: Params, data: Dataset, fast: bool = True) -> Networks
     cuda = fast and device.type == "cuda"
     if cuda:
         G, D = G.to(memory_format=torch.channels_last), D.to(memory_format=torch.channels_last)
-    if fast and params.train.compile:
+    if fast and params.train.compile and can_compile(device):
         G.compile()  # in place, so state_dict keys stay those of the plain network
     cfg = params.train
     betas = (cfg.beta1, cfg.beta2)
@@ -105,6 +105,28 @@ def build_networks(params: Params, data: Dataset, fast: bool = True) -> Networks
         torch.optim.Adam(G.parameters(), cfg.g_lr, betas, fused=cuda or None),
         torch.optim.Adam(D.parameters(), cfg.d_lr, betas, fused=cuda or None),
     )
+
+
+def can_compile(device: torch.device) -> bool:
+    """Whether torch.compile can build G's kernels on device: on the CPU inductor compiles C++,
+    so without a C++ compiler G is trained uncompiled, and the one line on stderr says why."""
+    if device.type != "cpu":
+        return True
+    from torch._inductor import config as inductor_config
+    from torch._inductor.cpp_builder import get_cpp_compiler
+    from torch._inductor.exc import InvalidCxxCompiler
+
+    try:
+        get_cpp_compiler()
+    except InvalidCxxCompiler:
+        names = ", ".join(name for name in inductor_config.cpp.cxx if name)
+        print(
+            f"emogan: train.compile: no C++ compiler found ({names}; set $CXX), which "
+            "torch.compile needs on the CPU; training G uncompiled",
+            file=sys.stderr,
+        )
+        return False
+    return True
 
 
 def logged_losses(cfg: TrainConfig) -> tuple[str, ...]:
