@@ -212,15 +212,12 @@ class TrainConfig(Section):
     """The demo preset: visible translations of the drawn faces within make demo's 15 minutes on
     2 CPU cores (BENCHMARKS.md). The thesis preset is in the README."""
 
-    # one iteration = one D update (thesis: 200,000). The demo's 3,500 at twice the official
-    # learning rates score as its earlier 6,000 at the official ones (BENCHMARKS.md) and fit
-    # make demo's 15 minutes on 2 cores without AVX-512; the thesis preset sets 1e-4 (README).
-    num_iters: Int = Field(3500, ge=1)
-    num_iters_decay: Int = Field(1000, ge=0)  # LR falls linearly to 0 over these last ones
+    num_iters: Int = Field(6000, ge=1)  # one iteration = one D update (thesis: 200,000)
+    num_iters_decay: Int = Field(1500, ge=0)  # LR falls linearly to 0 over these last ones
     batch_size: Int = Field(16, ge=1)
     n_critic: Int = Field(1, ge=1)  # D updates per G update (official: 5; 1 buys 5x the G updates)
-    g_lr: Float = Field(2e-4, gt=0.0)  # official: 1e-4
-    d_lr: Float = Field(2e-4, gt=0.0)
+    g_lr: Float = Field(1e-4, gt=0.0)
+    d_lr: Float = Field(1e-4, gt=0.0)
     beta1: Float = Field(0.5, ge=0.0, lt=1.0)
     beta2: Float = Field(0.999, ge=0.0, lt=1.0)
     # shuffle: the batch's own labels shuffled (the official code), so a rare emotion is rarely a
