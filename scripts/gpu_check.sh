@@ -3,7 +3,8 @@
 # go to measuring, not to setting up (BENCHMARKS.md, "GPU"):
 #   1. the crop stage (MTCNN) on the device, on a demo world drawn here;
 #   2. `emogan bench train --compare-eager` at the thesis configuration (48 px, layers 5, conv 32,
-#      batch 16, n_critic 5) in fp32, bf16 and compiled: the fast path against the official loop;
+#      batch 16, n_critic 5) in fp32, bf16 and compiled: the fast path against the official loop,
+#      then a profile of the fast path (how busy the GPU is, the operators that take its time);
 #   3. a short `emogan train` tracked in MLflow, stopped by SIGTERM after its first checkpoint and
 #      rerun, which must resume from that checkpoint.
 # Each check writes OUT/<check>.json (the command's own report); OUT/summary.txt times them.
@@ -63,7 +64,7 @@ run merge "${p[@]}" merge --reviewed "$out/reviewed" --out "$out/processed" \
 
 for variant in fp32 bf16 compiled; do
   run "bench_$variant" --params "$out/$variant.yaml" bench train --data "$out/processed" \
-    --iterations "$timed" --warmup "$warmup" --compare-eager
+    --iterations "$timed" --warmup "$warmup" --compare-eager --profile
 done
 
 train=(--data "$out/processed" --out "$out/stargan" --checkpoints "$out/checkpoints"

@@ -29,6 +29,8 @@ def test_the_gpu_check_runs_every_step_on_a_cpu(tmp_path: Path) -> None:
         bench = json.loads((out / f"bench_{variant}.json").read_text())
         assert (bench["precision"], bench["compile"], bench["n_critic"]) == (precision, compiled, 5)
         assert bench["ms_per_iteration"] > 0 and bench["eager_ms_per_iteration"] > 0
+        assert bench["profile"]["timed_on"] == "cpu"
+        assert "aten::convolution_backward" in bench["profile"]["top_operators_ms_per_iteration"]
     assert "stopped by SIGTERM" in (out / "train_stopped.log").read_text()
     trained = json.loads((out / "train_resumed.json").read_text())
     assert 0 < trained["resumed_from"] < trained["iterations"] == 3000

@@ -558,16 +558,26 @@ def bench_template(ctx: click.Context, per_emotion: int) -> None:
     help="Also time the official code's eager loop on the same config and device; print both"
     " and the speed-up.",
 )
+@click.option(
+    "--profile",
+    is_flag=True,
+    help="Then profile the fast path: how busy the device is and the operators that take its time.",
+)
 @click.pass_context
 def bench_train(
-    ctx: click.Context, data: Path, iterations: int, warmup: int, compare_eager: bool
+    ctx: click.Context,
+    data: Path,
+    iterations: int,
+    warmup: int,
+    compare_eager: bool,
+    profile: bool,
 ) -> None:
     """Milliseconds per iteration of params.yaml's StarGAN on train.device, and the projected
     time of the thesis's 200,000 iterations."""
     params = _params(ctx)
     from emogan.bench.train import bench_train as run_bench
 
-    _report(run_bench(params, data, iterations, warmup, compare_eager))
+    _report(run_bench(params, data, iterations, warmup, compare_eager, profile))
 
 
 def main() -> None:

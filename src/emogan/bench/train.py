@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.autograd import DeviceType
 
 from emogan.config import Params, TrainConfig
 from emogan.data.processed import Dataset, load_split
@@ -24,16 +25,23 @@ from emogan.stargan.train import (
 
 THESIS_ITERATIONS = 200_000
 ROUNDS = 5  # timed blocks per path, alternated so that a noisy machine slows both alike
+PROFILED_G_UPDATES = 4
+TOP_OPERATORS = 10
 
 
 def bench_train(
-    params: Params, data_dir: Path, iterations: int, warmup: int, compare_eager: bool = False
+    params: Params,
+    data_dir: Path,
+    iterations: int,
+    warmup: int,
+    compare_eager: bool = False,
+    profile: bool = False,
 ) -> dict:
     """Time `iterations` iterations after `warmup` untimed ones (allocator, cuDNN autotuning,
     compilation). An iteration is one D update plus, every n_critic-th, one G update, as in
     training. With compare_eager, the official code's eager loop (official_iteration) is built
     beside the fast path in the same process and device, and the two are timed in alternating
-    blocks."""
+    blocks. With profile, the fast path's operators are then profiled (profile_fast_path)."""
     cfg = params.train
     device = resolve_device(cfg.device, "train.device")
     use_tf32(device)
@@ -72,6 +80,43 @@ def bench_train(
         )
     if compare_eager:
         report["speedup"] = round(report["eager_ms_per_iteration"] / report["ms_per_iteration"], 2)
+    if profile:
+        report["profile"] = profile_fast_path(loops["fast"])
+    return report
+
+
+def profile_fast_path(loop: "_Loop") -> dict:
+    """Where the fast path's time goes, over a few whole G updates: on a GPU, the share of the
+    wall time the device is busy (far below 1: the Python side launching kernels is the limit,
+    and CUDA graphs would pay; near 1: the kernels are, and the top operators say which), and
+    the operators by their own time per iteration on the device (the CPU where there is none)."""
+    steps = PROFILED_G_UPDATES * loop.cfg.n_critic
+    on_cuda = loop.device.type == "cuda"
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if on_cuda:
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as profiler:
+        wall_s = loop.run(steps)
+    averages = profiler.key_averages()
+    # Operators carry the time of the kernels they launch as their own device time; the kernels
+    # are events of their own too, counted once for how busy the device was.
+    operators = [event for event in averages if event.device_type == DeviceType.CPU]
+    own_us = {
+        event.key: event.self_device_time_total if on_cuda else event.self_cpu_time_total
+        for event in operators
+    }
+    top = sorted(own_us.items(), key=lambda item: item[1], reverse=True)[:TOP_OPERATORS]
+    report = {
+        "iterations": steps,
+        "timed_on": "cuda" if on_cuda else "cpu",
+        "wall_ms_per_iteration": round(wall_s * 1000 / steps, 2),
+        "top_operators_ms_per_iteration": {key: round(us / 1000 / steps, 3) for key, us in top},
+    }
+    if on_cuda:
+        kernels_us = sum(
+            e.self_device_time_total for e in averages if e.device_type != DeviceType.CPU
+        )
+        report["device_busy_share"] = round(kernels_us / 1e6 / wall_s, 3)
     return report
 
 
