@@ -33,7 +33,7 @@ collect: {manifest: $out/demo/manifest.csv}
 review: {decisions: $out/decisions.csv}
 fer2013: {path: $out/demo/fer2013.csv, ferplus: $out/demo/fer2013new.csv}
 model: {g_conv_dim: $conv, d_conv_dim: $conv}
-train: {num_iters: $iterations, num_iters_decay: $((iterations / 2)), n_critic: 5,
+train: {num_iters: $iterations, num_iters_decay: $((iterations / 2)), batch_size: 16, n_critic: 5,
         lambda_id: 0.0, batch_sampling: images, log_step: $checkpoint,
         sample_step: $checkpoint, checkpoint_step: $checkpoint$2}
 mlflow: {tracking_uri: "sqlite:///$out/mlflow.db"}
